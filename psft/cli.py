@@ -1,0 +1,44 @@
+"""`psft` command line: `psft <command> [args]`, each command a module with `main(argv) -> int`."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from psft.errors import UserError
+
+# command -> (module with `main(argv)`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("psft.train", "fine-tune a model with PSFT, SFT or another registered loss"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: psft <command> [args]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`psft <command> --help` lists a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a command; user errors print one line (set PSFT_DEBUG=1 for the traceback)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"psft: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    try:
+        return module.main(argv[1:]) or 0
+    except UserError as err:
+        if os.environ.get("PSFT_DEBUG"):
+            raise
+        print(f"psft {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
