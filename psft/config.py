@@ -1,0 +1,117 @@
+"""`PSFTConfig`: TRL's `SFTConfig` plus the PSFT objective and its old-policy schedule."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+from psft.errors import UserError
+from psft.losses import get_loss
+
+# TRL's name for plain SFT; we accept it as an alias of "sft".
+LOSS_ALIASES = {"nll": "sft"}
+
+
+@dataclass
+class PSFTConfig(SFTConfig):
+    r"""
+    Configuration for [`PSFTTrainer`]: every field of TRL's `SFTConfig` (and so of `TrainingArguments`), plus
+    the ones below. YAML and command-line flags come for free through `trl.TrlParser`.
+
+    The paper's runs (arXiv 2508.17784, Qwen2.5-7B-Instruct, 8 GPUs) used a rollout of 256 prompts split in
+    mini-batches of 32 (`mini_batches_per_rollout=8`), `epsilon=0.2`, `epsilon_high=0.28`, learning rate 1e-6
+    with 10 warm-up steps then constant, weight decay 0.1, grad-norm clip 1.0. Their SFT baseline is
+    `mini_batches_per_rollout=1` (identical to SFT) at learning rate 2e-5.
+
+    Parameters:
+        loss_type (`str`, *optional*, defaults to `"psft"`):
+            Registered objective (see `psft.losses.LOSSES`): `"psft"` (clipped surrogate against the old
+            policy), `"sft"` (NLL; `"nll"` is an alias), `"dft"` (Dynamic Fine-Tuning).
+        epsilon (`float`, *optional*, defaults to `0.2`):
+            Lower clip of the ratio, `1 - epsilon`. With advantage +1 it never stops a gradient; it only sets
+            the `clip_ratio/low` metric.
+        epsilon_high (`float`, *optional*, defaults to `0.28`):
+            Upper clip of the ratio, `1 + epsilon_high`: tokens whose probability already rose past it since
+            the rollout started get zero gradient. This is PSFT's trust region.
+        log_ratio_clip (`float`, *optional*, defaults to `20.0`):
+            The log-ratio is clamped to `[-log_ratio_clip, log_ratio_clip]` before `exp`, as in verl.
+        mini_batches_per_rollout (`int`, *optional*, defaults to `8`):
+            K: optimizer steps per rollout. The old policy's log-probs are computed on the whole rollout (K
+            optimizer steps' worth of data) before its first step, then K steps are taken. K = 1 with one
+            rollout epoch is exactly SFT.
+        rollout_epochs (`int`, *optional*, defaults to `1`):
+            Passes over each rollout (PPO's `ppo_epochs`), each of K optimizer steps against the same old policy.
+    """
+
+    learning_rate: float = field(
+        default=2e-5,
+        metadata={
+            "help": "Initial learning rate for AdamW. The paper used 1e-6 for PSFT and 2e-5 for SFT (7B)."
+        },
+    )
+    loss_type: str = field(
+        default="psft",
+        metadata={
+            "help": "Registered objective: 'psft', 'sft' (alias 'nll'), 'dft', or any name in psft.losses.LOSSES."
+        },
+    )
+    epsilon: float = field(
+        default=0.2,
+        metadata={
+            "help": "Lower clip of the ratio (1 - epsilon); with advantage +1 it only feeds clip_ratio/low."
+        },
+    )
+    epsilon_high: float = field(
+        default=0.28,
+        metadata={"help": "Upper clip of the ratio (1 + epsilon_high): tokens above it get zero gradient."},
+    )
+    log_ratio_clip: float = field(
+        default=20.0,
+        metadata={"help": "Clamp of the log-ratio before exp, keeping the ratio finite (verl uses 20)."},
+    )
+    mini_batches_per_rollout: int = field(
+        default=8,
+        metadata={
+            "help": "K: optimizer steps per rollout; the old policy is refreshed every K steps. K=1 (one epoch) is SFT."
+        },
+    )
+    rollout_epochs: int = field(
+        default=1,
+        metadata={"help": "Passes over each rollout against the same old policy (PPO's ppo_epochs)."},
+    )
+
+    def __post_init__(self):
+        self.loss_type = LOSS_ALIASES.get(self.loss_type, self.loss_type)
+        try:
+            spec = get_loss(self.loss_type)
+        except ValueError as err:
+            raise UserError(f"loss_type: {err}") from None
+        if self.epsilon <= 0 or self.epsilon >= 1:
+            raise UserError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        if self.epsilon_high <= 0:
+            raise UserError(f"epsilon_high must be > 0, got {self.epsilon_high}")
+        if self.log_ratio_clip <= 0:
+            raise UserError(f"log_ratio_clip must be > 0, got {self.log_ratio_clip}")
+        if self.mini_batches_per_rollout < 1:
+            raise UserError(f"mini_batches_per_rollout must be >= 1, got {self.mini_batches_per_rollout}")
+        if self.rollout_epochs < 1:
+            raise UserError(f"rollout_epochs must be >= 1, got {self.rollout_epochs}")
+        if (
+            "old_log_probs" in spec.tensors
+            and self.mini_batches_per_rollout == 1
+            and self.rollout_epochs == 1
+        ):
+            warnings.warn(
+                f"loss_type={self.loss_type!r} with mini_batches_per_rollout=1 and rollout_epochs=1 is identical to "
+                "SFT: every ratio is 1. Set mini_batches_per_rollout > 1 (the paper uses 8) for a trust region.",
+                UserWarning,
+                stacklevel=3,
+            )
+        super().__post_init__()
+
+    @property
+    def needs_old_log_probs(self) -> bool:
+        """Whether the objective reads the old policy's log-probs (and so a rollout needs the no-grad pass)."""
+        return "old_log_probs" in get_loss(self.loss_type).tensors

@@ -1,0 +1,121 @@
+"""Per-token objectives, registered by name.
+
+Each objective is a small pure function of per-token tensors of shape (batch, seq): it takes the
+log-probabilities of the demonstration tokens under the model being trained (`log_probs`, with grad),
+a 0/1 `mask` of the loss tokens, and whatever else it needs (e.g. `old_log_probs`), and returns the
+**unreduced** per-token loss, zero where `mask` is 0, plus per-token diagnostics. Reduction is separate
+(`token_mean`), so one aggregation serves every objective: the exact mean over all loss tokens of one
+optimizer step, across gradient-accumulation micro-batches and processes.
+
+The functions work outside the trainer:
+
+    >>> out = psft_loss(log_probs, mask, old_log_probs=old, epsilon=0.2, epsilon_high=0.28)
+    >>> loss = token_mean(out.per_token, mask.sum())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LossOutput:
+    """The unreduced loss of one objective and its per-token diagnostics (all shaped like `mask`)."""
+
+    per_token: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered objective: its function, the extra per-token tensors it reads from the batch, and the
+    config fields passed to it as keyword arguments."""
+
+    name: str
+    fn: Callable[..., LossOutput]
+    tensors: tuple[str, ...] = ()
+    hparams: tuple[str, ...] = ()
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(
+    name: str, *, tensors: tuple[str, ...] = (), hparams: tuple[str, ...] = ()
+) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
+    """Register `fn(log_probs, mask, **tensors, **hparams) -> LossOutput` under `name`.
+
+    `tensors` name the extra per-token inputs (e.g. `"old_log_probs"`); the trainer provides them.
+    `hparams` name `PSFTConfig` fields passed through by the trainer.
+    """
+
+    def decorator(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        LOSSES[name] = LossSpec(name, fn, tensors, hparams)
+        return fn
+
+    return decorator
+
+
+def get_loss(name: str) -> LossSpec:
+    """The registered objective `name`; the error lists the known ones."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss_type {name!r}; registered: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+def token_mean(per_token: Tensor, num_tokens: Tensor | int) -> Tensor:
+    """Sum of the per-token loss divided by the number of loss tokens of the whole optimizer step.
+
+    Pass the count over every micro-batch and process of the step (not this micro-batch's), so that
+    gradient accumulation and data parallelism give the same gradient as one big batch.
+    """
+    return per_token.sum() / torch.as_tensor(num_tokens, device=per_token.device).clamp(min=1)
+
+
+@register_loss("sft")
+def sft_loss(log_probs: Tensor, mask: Tensor) -> LossOutput:
+    """Negative log-likelihood of the demonstration tokens (plain SFT)."""
+    return LossOutput(-log_probs * mask)
+
+
+@register_loss("dft")
+def dft_loss(log_probs: Tensor, mask: Tensor) -> LossOutput:
+    """Dynamic Fine-Tuning (arXiv 2508.05629): NLL weighted by the token's own detached probability."""
+    return LossOutput(-log_probs.exp().detach() * log_probs * mask)
+
+
+@register_loss("psft", tensors=("old_log_probs",), hparams=("epsilon", "epsilon_high", "log_ratio_clip"))
+def psft_loss(
+    log_probs: Tensor,
+    mask: Tensor,
+    old_log_probs: Tensor,
+    epsilon: float = 0.2,
+    epsilon_high: float = 0.28,
+    log_ratio_clip: float = 20.0,
+) -> LossOutput:
+    """PSFT: PPO's clipped surrogate with advantage +1 on every demonstration token.
+
+        r = exp(log_probs - old_log_probs),  loss = -min(r, clip(r, 1 - epsilon, 1 + epsilon_high))
+
+    With A = +1 only the upper clip binds: a token with r > 1 + epsilon_high has constant loss and zero
+    gradient; below 1 - epsilon the gradient still flows. At r = 1 the gradient equals the NLL gradient.
+    The log-ratio is clamped to +-`log_ratio_clip` before `exp`, as verl does, so the ratio stays finite.
+    """
+    log_ratio = (log_probs - old_log_probs).clamp(-log_ratio_clip, log_ratio_clip)
+    ratio = log_ratio.exp()
+    clipped_ratio = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
+    per_token = -torch.minimum(ratio, clipped_ratio) * mask
+    metrics = {
+        "ratio": ratio.detach(),
+        "clip_high": (ratio.detach() > 1.0 + epsilon_high).to(ratio.dtype),
+        "clip_low": (ratio.detach() < 1.0 - epsilon).to(ratio.dtype),
+        # k3 estimator of KL(old || current): non-negative, low variance (Schulman, "Approximating KL")
+        "approx_kl": (ratio - 1.0 - log_ratio).detach(),
+    }
+    return LossOutput(per_token, metrics)

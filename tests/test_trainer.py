@@ -1,0 +1,326 @@
+"""PSFTTrainer: the old-policy schedule, exact token-mean, K=1 equals SFT, EOS in the loss mask."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from psft import PSFTConfig, PSFTTrainer
+from psft.tiny import make_char_tokenizer, make_tiny_llama
+
+TOKENIZER = make_char_tokenizer()
+
+
+def prompt_completion_data(n=64):
+    """Records of varied lengths, so padding and token counts differ between micro-batches."""
+    rows = []
+    for i in range(n):
+        a, b = i % 13, (7 * i) % 11
+        rows.append({"prompt": f"{a}+{b}" + "?" * (i % 5) + "=", "completion": str(a + b) + "!" * (i % 3)})
+    return Dataset.from_list(rows)
+
+
+def common_args(**overrides):
+    args = dict(
+        output_dir="unused",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        max_steps=-1,
+        num_train_epochs=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        seed=0,
+        dataloader_drop_last=False,
+        disable_tqdm=True,
+    )
+    args.update(overrides)
+    return args
+
+
+def make_trainer(tmp_path, data=None, trainer_cls=PSFTTrainer, callbacks=None, **overrides):
+    config_cls = SFTConfig if trainer_cls is SFTTrainer else PSFTConfig
+    args = config_cls(**common_args(output_dir=str(tmp_path / "out"), **overrides))
+    return trainer_cls(
+        model=make_tiny_llama(TOKENIZER, seed=0),
+        args=args,
+        train_dataset=data if data is not None else prompt_completion_data(),
+        processing_class=TOKENIZER,
+        callbacks=callbacks,
+    )
+
+
+def params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def assert_same_params(a, b, atol, rtol=0.0):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def max_param_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+class Recorder(PSFTTrainer):
+    """Records every training micro-batch with the step it was used at and the old log-probs it carried."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records = []
+        self.old_pass_calls = 0
+
+    def _old_log_probs(self, micro_batch):
+        self.old_pass_calls += 1
+        return super()._old_log_probs(micro_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.model.training:
+            old = inputs.get("old_log_probs")
+            self.records.append(
+                dict(
+                    step=self.state.global_step,
+                    rollout=self._rollout_index,
+                    old=None if old is None else old.clone(),
+                    input_ids=inputs["input_ids"].clone(),
+                    attention_mask=inputs["attention_mask"].clone(),
+                    labels=inputs["labels"].clone(),
+                )
+            )
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class Snapshots(TrainerCallback):
+    """The model's parameters at the start of every optimizer step."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.by_step[state.global_step] = copy.deepcopy(model.state_dict())
+
+
+def reference_log_probs(state_dict, record):
+    """Per-token log-probs of the recorded micro-batch's labels under the given parameters (plain logits)."""
+    model = make_tiny_llama(TOKENIZER, seed=0)
+    model.load_state_dict(state_dict)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=record["input_ids"], attention_mask=record["attention_mask"]).logits[:, :-1]
+    labels = record["labels"][:, 1:]
+    log_probs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return log_probs * labels.ne(-100)
+
+
+def test_k1_psft_equals_sft_and_trl_sft_trainer(tmp_path):
+    steps = dict(max_steps=6, gradient_accumulation_steps=2)
+    with pytest.warns(UserWarning, match="identical to SFT"):
+        psft_k1 = make_trainer(tmp_path / "a", loss_type="psft", mini_batches_per_rollout=1, **steps)
+    psft_k1.train()
+    sft = make_trainer(tmp_path / "b", loss_type="sft", **steps)
+    sft.train()
+    trl_sft = make_trainer(tmp_path / "c", trainer_cls=SFTTrainer, loss_type="nll", **steps)
+    trl_sft.train()
+    initial = params(make_trainer(tmp_path / "d", loss_type="sft", **steps))
+    assert max_param_diff(params(sft), initial) > 1e-3  # training moved the parameters
+    assert_same_params(params(psft_k1), params(sft), atol=1e-7)
+    assert_same_params(params(sft), params(trl_sft), atol=1e-6)
+    # the surrogate at ratio 1 is -1 per token; nll is logged beside it and equals TRL's loss
+    psft_logs = [log for log in psft_k1.state.log_history if "nll" in log]
+    trl_logs = [log for log in trl_sft.state.log_history if "loss" in log and "train_runtime" not in log]
+    assert all(log["loss"] == pytest.approx(-1.0) for log in psft_logs)
+    assert all(log["clip_ratio/high"] == 0.0 and log["ratio/mean"] == pytest.approx(1.0) for log in psft_logs)
+    # (TRL's entropy and accuracy are means of per-micro-batch means; ours are exact token means)
+    for ours, theirs in zip(psft_logs, trl_logs, strict=True):
+        assert ours["nll"] == pytest.approx(theirs["loss"], rel=1e-5)
+
+
+def test_old_log_probs_come_from_the_rollout_start_and_refresh_every_k_steps(tmp_path):
+    k, accumulation = 3, 2
+    snapshots = Snapshots()
+    # 72 records / (batch 4 x accumulation 2) = 9 optimizer steps: three whole rollouts
+    trainer = make_trainer(
+        tmp_path,
+        data=prompt_completion_data(72),
+        trainer_cls=Recorder,
+        callbacks=[snapshots],
+        max_steps=9,
+        mini_batches_per_rollout=k,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=2e-2,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 9
+    # the no-grad pass runs on mini-batches 2..K of each rollout only
+    assert trainer.old_pass_calls == 3 * (k - 1) * accumulation
+    assert [r["rollout"] for r in trainer.records] == [
+        1 + s // k for s in range(9) for _ in range(accumulation)
+    ]
+    drift_since_start = []
+    for record in trainer.records:
+        step, start = record["step"], record["step"] - record["step"] % k
+        if step == start:
+            assert record["old"] is None  # ratio exactly 1, no extra forward
+            continue
+        expected = reference_log_probs(snapshots.by_step[start], record)
+        torch.testing.assert_close(record["old"], expected, atol=1e-5, rtol=1e-5)
+        current = reference_log_probs(snapshots.by_step[step], record)
+        drift_since_start.append((current - expected).abs().max().item())
+    # the old policy really is stale: refreshing it every step would have failed the check above
+    assert max(drift_since_start) > 1e-2
+
+
+def test_partial_rollout_at_the_end_of_each_epoch_is_trained_not_dropped(tmp_path):
+    # 40 records / batch 4 = 10 optimizer steps per epoch; K = 4 gives rollouts of 4, 4 and 2 steps.
+    trainer = make_trainer(
+        tmp_path,
+        data=prompt_completion_data(40),
+        trainer_cls=Recorder,
+        num_train_epochs=2,
+        mini_batches_per_rollout=4,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 20
+    rollouts = [r["rollout"] for r in trainer.records]
+    assert rollouts == [1] * 4 + [2] * 4 + [3] * 2 + [4] * 4 + [5] * 4 + [6] * 2
+    seen = torch.cat([r["input_ids"][:, :8] for r in trainer.records[:10]])
+    assert seen.shape[0] == 40
+
+
+def test_max_steps_inside_a_rollout_prefetches_only_what_it_trains(tmp_path):
+    trainer = make_trainer(tmp_path, trainer_cls=Recorder, max_steps=6, mini_batches_per_rollout=4)
+    trainer.train()
+    assert trainer.state.global_step == 6
+    assert trainer.old_pass_calls == (4 - 1) + (2 - 1)
+
+
+def test_rollout_epochs_replay_each_rollout_against_the_same_old_policy(tmp_path):
+    # 36 records / batch 4 = 9 micro-batches = mini-batches of 2,2,2,2,1 (GA 2); K = 2, two passes each.
+    snapshots = Snapshots()
+    trainer = make_trainer(
+        tmp_path,
+        data=prompt_completion_data(36),
+        trainer_cls=Recorder,
+        callbacks=[snapshots],
+        mini_batches_per_rollout=2,
+        rollout_epochs=2,
+        gradient_accumulation_steps=2,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 2 * 5
+    by_step = {}
+    for record in trainer.records:
+        by_step.setdefault(record["step"], []).append(record)
+    for start in (0, 4):  # rollouts of two mini-batches: steps start..start+3 are m1, m2, m1, m2
+        for first, replay in ((start, start + 2), (start + 1, start + 3)):
+            for a, b in zip(by_step[first], by_step[replay], strict=True):
+                assert torch.equal(a["input_ids"], b["input_ids"])
+                torch.testing.assert_close(a["old"], b["old"])
+                torch.testing.assert_close(
+                    a["old"], reference_log_probs(snapshots.by_step[start], a), atol=1e-5, rtol=1e-5
+                )
+    # the last rollout holds one real micro-batch, padded with a loss-free one, used twice
+    assert [len(by_step[s]) for s in (8, 9)] == [2, 2]
+    assert all((r["labels"] == -100).all() for r in (by_step[8][1], by_step[9][1]))
+    assert not (by_step[8][0]["labels"] == -100).all()
+
+
+def test_gradient_accumulation_gives_the_same_parameters_as_one_big_batch(tmp_path):
+    run = dict(loss_type="psft", mini_batches_per_rollout=2, max_steps=4, learning_rate=1e-2)
+    small = make_trainer(tmp_path / "a", per_device_train_batch_size=8, gradient_accumulation_steps=4, **run)
+    small.train()
+    big = make_trainer(tmp_path / "b", per_device_train_batch_size=32, gradient_accumulation_steps=1, **run)
+    big.train()
+    initial = params(make_trainer(tmp_path / "c", **run))
+    assert max_param_diff(params(big), initial) > 1e-2
+    assert_same_params(params(small), params(big), atol=2e-5)
+    clipped = [log["clip_ratio/high"] for log in big.state.log_history if "clip_ratio/high" in log]
+    assert max(clipped) > 0  # the trust region was active, so the test covers the clipped path too
+
+
+def test_sft_and_dft_skip_the_old_policy_pass(tmp_path):
+    for loss_type in ("sft", "dft"):
+        trainer = make_trainer(tmp_path / loss_type, trainer_cls=Recorder, loss_type=loss_type, max_steps=4)
+        trainer.train()
+        assert trainer.old_pass_calls == 0
+        logs = [log for log in trainer.state.log_history if "nll" in log]
+        assert logs and "clip_ratio/high" not in logs[0]
+
+
+def test_psft_logs_its_metrics_every_logging_step(tmp_path):
+    trainer = make_trainer(
+        tmp_path, max_steps=6, mini_batches_per_rollout=3, logging_steps=2, learning_rate=2e-2
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log and "train_runtime" not in log]
+    assert [log["step"] for log in logs] == [2, 4, 6]
+    keys = {
+        "loss",
+        "nll",
+        "entropy",
+        "mean_token_accuracy",
+        "clip_ratio/high",
+        "clip_ratio/low",
+        "ratio/mean",
+        "ratio/max",
+        "approx_kl",
+        "rollout",
+        "num_tokens",
+    }
+    for log in logs:
+        assert keys <= set(log)
+        assert (
+            0 <= log["clip_ratio/high"] <= 1
+            and log["approx_kl"] >= 0
+            and log["ratio/max"] >= log["ratio/mean"] * 0.5
+        )
+    assert [log["rollout"] for log in logs] == [1, 2, 2]
+
+
+def test_eos_of_completion_and_end_of_turn_of_messages_are_loss_tokens(tmp_path):
+    eot = TOKENIZER.convert_tokens_to_ids("<|im_end|>")
+    trainer = make_trainer(tmp_path / "pc", max_steps=1)
+    for row in trainer.train_dataset:
+        targets = [t for t in row["labels"] if t != -100]
+        assert targets[-1] == eot
+    messages = Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"{i}+1"},
+                    {"role": "assistant", "content": str(i + 1)},
+                ]
+            }
+            for i in range(8)
+        ]
+    )
+    trainer = make_trainer(tmp_path / "msg", data=messages, assistant_only_loss=True, max_steps=1)
+    for i, row in enumerate(trainer.train_dataset):
+        targets = [t for t in row["labels"] if t != -100]
+        assert (
+            TOKENIZER.decode(targets) == f"{i + 1}<|im_end|>"
+        )  # the answer and its end-of-turn, nothing else
+
+
+def test_an_sft_config_is_accepted_and_nll_means_sft(tmp_path):
+    args = SFTConfig(**common_args(output_dir=str(tmp_path), max_steps=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = PSFTTrainer(
+            model=make_tiny_llama(TOKENIZER),
+            args=args,
+            train_dataset=prompt_completion_data(8),
+            processing_class=TOKENIZER,
+        )
+    assert isinstance(trainer.args, PSFTConfig) and trainer.args.loss_type == "sft"
