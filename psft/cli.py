@@ -11,6 +11,7 @@ from psft.errors import UserError
 # command -> (module with `main(argv)`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("psft.train", "fine-tune a model with PSFT, SFT or another registered loss"),
+    "eval": ("psft.eval.cli", "evaluate a model: accuracy (avg@n, pass@n), lm-eval tasks, drift from its base"),
 }
 
 

@@ -1,0 +1,144 @@
+"""`psft eval`: generation accuracy, lm-eval tasks and drift for a saved model.
+
+    psft eval --model out/ckpt --data test.jsonl [--task add] [--n 8 --temperature 0.7 --top-p 0.95]
+    psft eval --model out/ckpt --lm-eval-tasks mytask --lm-eval-include tasks/
+    psft eval --model out/ckpt --drift-base base/ --drift-data heldout.jsonl
+
+Writes ``metrics.json`` (and ``samples.jsonl`` for generation) to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from psft.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="psft eval", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="checkpoint directory (model + tokenizer)")
+    p.add_argument("--data", help="JSON/JSONL/Parquet file or hub dataset name with prompts and references")
+    p.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
+    p.add_argument("--task", action="append", help="evaluate only records with this task (repeatable)")
+    p.add_argument("--checker", default="exact", help="checker for records without a 'checker' field")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt (avg@n, pass@n); needs --temperature")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per generation batch")
+    p.add_argument("--limit", type=int, help="evaluate only the first N records")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="eval_out", help="directory for metrics.json and samples.jsonl")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval task names")
+    p.add_argument("--lm-eval-include", help="directory of custom lm-eval task YAMLs")
+    p.add_argument("--drift-base", help="base checkpoint to measure drift from (needs --drift-data)")
+    p.add_argument("--drift-data", help="held-out text: file with 'text', 'messages' or prompt+completion rows")
+    p.add_argument("--drift-stats", help="precomputed base statistics file (instead of --drift-base)")
+    p.add_argument("--drift-top-k", type=int, default=64, help="base log-probs kept per position")
+    return p
+
+
+def load_model(path: str, device: str):
+    """Model and tokenizer from a checkpoint directory; UserError if it is not one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise UserError(f"model directory not found: {path}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot load model/tokenizer: {err}") from err
+    return model.eval(), tokenizer
+
+
+def _drift_texts(data: str, tokenizer) -> list[str]:
+    from psft.eval.records import load_rows, render_text
+
+    texts = []
+    for i, row in enumerate(load_rows(data)):
+        try:
+            texts.append(render_text(tokenizer, row))
+        except UserError as err:
+            raise UserError(f"{data}:{i + 1}: {err}") from err
+    return texts
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run what the arguments ask for; returns the metrics (also written to ``--output/metrics.json``)."""
+    from psft.eval.drift import compute_reference_stats, measure_drift
+    from psft.eval.generate import evaluate_generation
+
+    if not (args.data or args.lm_eval_tasks or args.drift_base or args.drift_stats):
+        raise UserError("nothing to evaluate: give --data, --lm-eval-tasks, or --drift-base/--drift-stats")
+    if args.n > 1 and args.temperature <= 0:
+        raise UserError("--n > 1 needs --temperature > 0 (greedy samples are identical)")
+    if args.drift_base and not args.drift_data:
+        raise UserError("--drift-base needs --drift-data (the held-out text)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics: dict = {"model": args.model}
+    stats = args.drift_stats
+    if args.drift_base:  # base first, then freed: never two models in memory
+        base, base_tok = load_model(args.drift_base, device)
+        stats = compute_reference_stats(base, base_tok, _drift_texts(args.drift_data, base_tok),
+                                        out / "drift_base_stats.safetensors", top_k=args.drift_top_k)
+        del base
+    model, tokenizer = load_model(args.model, device)
+    if args.data:
+        result = evaluate_generation(
+            model, tokenizer, args.data, n=args.n, temperature=args.temperature, top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, checker=args.checker,
+            tasks=args.task, limit=args.limit, split=args.split, seed=args.seed, samples_path=out / "samples.jsonl",
+        )
+        metrics["generation"] = result.summary()
+    if stats:
+        metrics["drift"] = measure_drift(model, stats).summary()
+    if args.lm_eval_tasks:
+        from psft.eval.lmeval import lm_eval_metrics, run_lm_eval
+
+        results = run_lm_eval(model, args.lm_eval_tasks.split(","), tokenizer=tokenizer,
+                              include_path=args.lm_eval_include, limit=args.limit, seed=args.seed)
+        metrics["lm_eval"] = lm_eval_metrics(results, prefix="lm_eval")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    return metrics
+
+
+def print_table(metrics: dict) -> None:
+    """Scores as a rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"psft eval: {metrics['model']}")
+    for col in ("what", "value", "stderr / note"):
+        table.add_column(col)
+    gen = metrics.get("generation")
+    if gen:
+        n = gen["n"]
+        for name, s in [("all", gen["overall"])] + sorted(gen["tasks"].items()):
+            table.add_row(f"{name} avg@{n} ({s['num_prompts']} prompts)", f"{s['avg']:.4f}", f"{s['avg_stderr']:.4f}")
+            if n > 1:
+                table.add_row(f"{name} pass@{n}", f"{s['pass_']:.4f}", f"{s['pass_stderr']:.4f}")
+    drift = metrics.get("drift")
+    if drift:
+        note = "exact" if drift["exact"] else f"lower bound, top-{drift['top_k']}"
+        table.add_row("drift KL(base||model)", f"{drift['kl']:.5f}", note)
+        table.add_row("drift logprob change", f"{drift['logprob_change']:.5f}", f"{drift['num_tokens']} tokens")
+    for key, value in metrics.get("lm_eval", {}).items():
+        table.add_row(key, f"{value:.4f}", "")
+    Console().print(table)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point for `psft eval`."""
+    args = build_parser().parse_args(argv)
+    metrics = run(args)
+    print_table(metrics)
+    print(f"wrote {Path(args.output) / 'metrics.json'}")
+    return 0
