@@ -324,3 +324,39 @@ def test_an_sft_config_is_accepted_and_nll_means_sft(tmp_path):
             processing_class=TOKENIZER,
         )
     assert isinstance(trainer.args, PSFTConfig) and trainer.args.loss_type == "sft"
+
+
+def test_lora_adapter_trains_with_psft_and_leaves_the_base_weights_alone(tmp_path):
+    from peft import LoraConfig
+
+    args = PSFTConfig(
+        **common_args(output_dir=str(tmp_path), max_steps=4, mini_batches_per_rollout=2, learning_rate=5e-2)
+    )
+    trainer = PSFTTrainer(
+        model=make_tiny_llama(TOKENIZER, seed=0),
+        args=args,
+        train_dataset=prompt_completion_data(),
+        processing_class=TOKENIZER,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    before = params(trainer)
+    trainer.train()
+    after = params(trainer)
+    lora = [k for k in before if "lora_" in k]
+    base = [k for k in before if "lora_" not in k]
+    assert lora and max((after[k] - before[k]).abs().max().item() for k in lora) > 1e-3
+    assert all(torch.equal(after[k], before[k]) for k in base)
+    ratios = [log["ratio/mean"] for log in trainer.state.log_history if "ratio/mean" in log]
+    # steps 1 and 3 open a rollout (ratio exactly 1); steps 2 and 4 see the adapter's drift since then
+    assert ratios[0] == ratios[2] == 1.0 and abs(ratios[1] - 1) > 1e-4 and abs(ratios[3] - 1) > 1e-4
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_packing_trains_with_psft(tmp_path):
+    trainer = make_trainer(tmp_path, packing=True, max_length=64, max_steps=3, mini_batches_per_rollout=3)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch  # padding-free packed rows
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "nll" in log]
+    assert logs[0]["ratio/mean"] == pytest.approx(1.0) and logs[-1]["ratio/mean"] != pytest.approx(1.0)
