@@ -10,6 +10,7 @@ Writes ``metrics.json`` (and ``samples.jsonl`` for generation) to ``--output``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
 
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
     p.add_argument("--task", action="append", help="evaluate only records with this task (repeatable)")
     p.add_argument("--checker", default="exact", help="checker for records without a 'checker' field")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers checkers (repeatable); psft.tasks is always imported")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (avg@n, pass@n); needs --temperature")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -69,10 +72,21 @@ def _drift_texts(data: str, tokenizer) -> list[str]:
     return texts
 
 
+def import_plugins(modules: list[str]) -> None:
+    """Import modules that register checkers: the built-in task suite's, then the user's."""
+    for name in ["psft.tasks", *modules]:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise UserError(f"--import {name}: {err}") from err
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run what the arguments ask for; returns the metrics (also written to ``--output/metrics.json``)."""
+    import_plugins(args.imports)
     from psft.eval.drift import compute_reference_stats, measure_drift
     from psft.eval.generate import evaluate_generation
+    from psft.eval.records import load_records, load_rows
 
     if not (args.data or args.lm_eval_tasks or args.drift_base or args.drift_stats):
         raise UserError("nothing to evaluate: give --data, --lm-eval-tasks, or --drift-base/--drift-stats")
@@ -80,6 +94,10 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError("--n > 1 needs --temperature > 0 (greedy samples are identical)")
     if args.drift_base and not args.drift_data:
         raise UserError("--drift-base needs --drift-data (the held-out text)")
+    # read the data before loading any model, so mistakes in it show up at once
+    records = load_records(args.data, args.split, args.task, args.limit) if args.data else None
+    if args.drift_data:
+        load_rows(args.drift_data)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,9 +111,9 @@ def run(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model(args.model, device)
     if args.data:
         result = evaluate_generation(
-            model, tokenizer, args.data, n=args.n, temperature=args.temperature, top_p=args.top_p,
+            model, tokenizer, records, n=args.n, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, checker=args.checker,
-            tasks=args.task, limit=args.limit, split=args.split, seed=args.seed, samples_path=out / "samples.jsonl",
+            seed=args.seed, samples_path=out / "samples.jsonl",
         )
         metrics["generation"] = result.summary()
     if stats:

@@ -157,6 +157,8 @@ def evaluate_generation(
     records = data if data and isinstance(data[0], EvalRecord) else load_records(data, split, tasks, limit)
     if not records:
         raise UserError("no records to evaluate")
+    for name in {r.checker or checker for r in records}:  # unknown names fail now, not after decoding
+        get_checker(name)
     was_training = model.training
     model.eval()
     prompts_per_batch = max(1, batch_size // n)
