@@ -39,6 +39,15 @@ def test_greedy_outputs_are_the_memorised_answers_and_stop_at_end_of_turn(memori
     assert [o[0] for o in outputs] == list(ANSWERS.values())
 
 
+def test_model_generation_config_extras_do_not_change_the_decoding(memorizer, monkeypatch):
+    model, tok = memorizer
+    monkeypatch.setattr(model.generation_config, "repetition_penalty", 50.0)
+    monkeypatch.setattr(model.generation_config, "top_k", 1)
+    assert [o[0] for o in generate(model, tok, [chat("hello")], max_new_tokens=30)] == ["olleh"]
+    penalised = model.generate(input_ids=torch.tensor([encode_prompt(tok, chat("hello"))]), max_new_tokens=6)
+    assert "olleh" not in tok.decode(penalised[0])  # the penalty alone would break the answer
+
+
 def test_accuracy_per_task_with_standard_error_and_jsonl_samples(memorizer, tmp_path):
     model, tok = memorizer
     rows = [

@@ -116,8 +116,9 @@ def generate(
 ) -> list[list[str]]:
     """`n` completions for each prompt (text or chat messages), decoded as one left-padded batch.
 
-    Greedy when temperature == 0. Completions are cut at the first stop token and decoded without
-    special tokens.
+    Greedy when temperature == 0, else temperature + top-p sampling; the model's generation_config top_k,
+    min_p and repetition_penalty are not applied, so the decoding is exactly the one given. Completions are
+    cut at the first stop token and decoded without special tokens.
     """
     if temperature == 0 and n > 1:
         raise ValueError("n > 1 needs sampling (temperature > 0); greedy samples would be identical")
@@ -127,10 +128,12 @@ def generate(
     input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=model.device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
     stops = stop_token_ids(model, tokenizer)
+    # exactly the decoding asked for: switch off the model's generation_config extras (top_k, penalties)
+    sampling = dict(top_k=None, min_p=None, repetition_penalty=None)
     if temperature > 0:
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
+        sampling.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
-        sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        sampling.update(do_sample=False, temperature=None, top_p=None)
     out = model.generate(
         input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_return_sequences=n,
         eos_token_id=stops, pad_token_id=pad_id, **sampling,
