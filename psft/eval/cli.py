@@ -21,7 +21,7 @@ from psft.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="psft eval", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="checkpoint directory (model + tokenizer)")
+    p.add_argument("--model", required=True, help="checkpoint directory (model + tokenizer), psft/tiny-base or hub id")
     p.add_argument("--data", help="JSON/JSONL/Parquet file or hub dataset name with prompts and references")
     p.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
     p.add_argument("--task", action="append", help="evaluate only records with this task (repeatable)")
@@ -46,17 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_model(path: str, device: str):
-    """Model and tokenizer from a checkpoint directory; UserError if it is not one."""
+def load_model(name: str, device: str):
+    """Model and tokenizer from a checkpoint directory, ``psft/tiny-base`` or a hub id; UserError if none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(path).is_dir():
-        raise UserError(f"model directory not found: {path}")
+    from psft.tiny import resolve_model_name
+
+    path = resolve_model_name(name)
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if not Path(path).is_dir() and not looks_like_hub_id:
+        raise UserError(f"model directory not found: {name}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device)
     except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot load model/tokenizer: {err}") from err
+        raise UserError(f"{name}: cannot load model/tokenizer: {str(err).splitlines()[0]}") from err
     return model.eval(), tokenizer
 
 
