@@ -43,7 +43,7 @@ def test_eval_accuracy_samples_and_drift(checkpoints, tmp_path, capsys):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     gen = metrics["generation"]
     assert gen["overall"]["avg"] == 0.6 and gen["tasks"]["fmt"]["avg"] == 0 and gen["tasks"]["rev"]["avg"] == pytest.approx(2 / 3)
-    assert gen["tasks"]["math"]["avg"] == 1.0
+    assert gen["tasks"]["math"]["avg"] == 1.0 and gen["tasks"]["math"]["avg_stderr"] is None  # one prompt
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [s["output"] for s in samples] == ["cba", "olleh", "yx", "\\boxed{0.5}", "cba"]
     assert metrics["drift"]["exact"] and metrics["drift"]["kl"] > 0.1

@@ -132,6 +132,10 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def print_table(metrics: dict) -> None:
     """Scores as a rich table on stdout."""
     from rich.console import Console
@@ -144,9 +148,9 @@ def print_table(metrics: dict) -> None:
     if gen:
         n = gen["n"]
         for name, s in [("all", gen["overall"])] + sorted(gen["tasks"].items()):
-            table.add_row(f"{name} avg@{n} ({s['num_prompts']} prompts)", f"{s['avg']:.4f}", f"{s['avg_stderr']:.4f}")
+            table.add_row(f"{name} avg@{n} ({s['num_prompts']} prompts)", f"{s['avg']:.4f}", _fmt(s["avg_stderr"]))
             if n > 1:
-                table.add_row(f"{name} pass@{n}", f"{s['pass_']:.4f}", f"{s['pass_stderr']:.4f}")
+                table.add_row(f"{name} pass@{n}", f"{s['pass_']:.4f}", _fmt(s["pass_stderr"]))
     drift = metrics.get("drift")
     if drift:
         note = "exact" if drift["exact"] else f"lower bound, top-{drift['top_k']}"

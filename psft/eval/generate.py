@@ -56,8 +56,12 @@ class GenerationResult:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """JSON-serialisable scores (no samples)."""
-        return {"n": self.n, "overall": asdict(self.overall), "tasks": {t: asdict(s) for t, s in self.tasks.items()}}
+        """JSON-ready scores (no samples); an undefined standard error (one prompt) becomes None."""
+
+        def clean(score: TaskScore) -> dict[str, Any]:
+            return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(score).items()}
+
+        return {"n": self.n, "overall": clean(self.overall), "tasks": {t: clean(s) for t, s in self.tasks.items()}}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -185,7 +189,7 @@ def evaluate_generation(
                         samples.append({
                             "index": start + i, "sample": j, "task": record.task, "prompt": text, "output": c,
                             "reference": record.reference, "extracted": v.extracted, "correct": v.correct,
-                            "checker": check.name,
+                            "checker": record.checker or checker,
                         })
                 bar.advance(job, len(batch))
     finally:
