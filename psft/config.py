@@ -43,6 +43,22 @@ class PSFTConfig(SFTConfig):
             rollout epoch is exactly SFT.
         rollout_epochs (`int`, *optional*, defaults to `1`):
             Passes over each rollout (PPO's `ppo_epochs`), each of K optimizer steps against the same old policy.
+        old_policy (`str`, *optional*, defaults to `"rollout"`):
+            `"rollout"`: the old policy is the model at the start of each rollout (PSFT). `"fixed"`: it is the
+            initial model for the whole run (the paper's "no refresh" ablation, which did badly).
+        sft_warmup_steps (`int`, *optional*, defaults to `0`):
+            Plain SFT optimizer steps before the objective takes over ("PSFT-warm-up" in the paper).
+        beta (`float`, *optional*, defaults to `0.5`):
+            Weight of the KL to the reference in `loss_type="sft_kl"` (the paper's SFT-KL baseline uses 0.5).
+        asft_lambda (`float`, *optional*, defaults to `0.1`):
+            Weight of the KL to the reference in `loss_type="asft"` (the ASFT authors' default).
+        reference (`str`, *optional*, defaults to `"auto"`):
+            Where reference log-probs (`sft_kl`, `asft`, `old_policy="fixed"`) come from, without a second
+            model in memory by default: `"precompute"` computes the initial model's per-token log-probs on the
+            training data once before training and stores them (4 bytes a token, cached in
+            `output_dir/reference_log_probs.pt`); `"adapter"` uses the model with its PEFT adapter disabled;
+            `"copy"` keeps a frozen copy of the initial model (twice the weights in memory). `"auto"` is
+            `"adapter"` for PEFT models and `"precompute"` otherwise.
     """
 
     learning_rate: float = field(
@@ -82,6 +98,34 @@ class PSFTConfig(SFTConfig):
         metadata={"help": "Passes over each rollout against the same old policy (PPO's ppo_epochs)."},
     )
 
+    old_policy: str = field(
+        default="rollout",
+        metadata={
+            "help": "'rollout': old policy = model at each rollout start (PSFT); 'fixed': the initial model (ablation).",
+            "choices": ["rollout", "fixed"],
+        },
+    )
+    sft_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Plain SFT optimizer steps before the objective takes over (PSFT-warm-up)."},
+    )
+    beta: float = field(
+        default=0.5,
+        metadata={"help": "KL-to-reference weight of loss_type='sft_kl' (paper: 0.5)."},
+    )
+    asft_lambda: float = field(
+        default=0.1,
+        metadata={"help": "KL-to-reference weight of loss_type='asft'."},
+    )
+    reference: str = field(
+        default="auto",
+        metadata={
+            "help": "Source of reference log-probs: 'precompute' (stored once), 'adapter' (PEFT adapter disabled), "
+            "'copy' (frozen model copy, 2x weights), 'auto' (adapter with PEFT, else precompute).",
+            "choices": ["auto", "precompute", "adapter", "copy"],
+        },
+    )
+
     def __post_init__(self):
         self.loss_type = LOSS_ALIASES.get(self.loss_type, self.loss_type)
         try:
@@ -98,8 +142,20 @@ class PSFTConfig(SFTConfig):
             raise UserError(f"mini_batches_per_rollout must be >= 1, got {self.mini_batches_per_rollout}")
         if self.rollout_epochs < 1:
             raise UserError(f"rollout_epochs must be >= 1, got {self.rollout_epochs}")
+        if self.old_policy not in ("rollout", "fixed"):
+            raise UserError(f"old_policy must be 'rollout' or 'fixed', got {self.old_policy!r}")
+        if self.reference not in ("auto", "precompute", "adapter", "copy"):
+            raise UserError(f"reference must be auto, precompute, adapter or copy, got {self.reference!r}")
+        if self.sft_warmup_steps < 0:
+            raise UserError(f"sft_warmup_steps must be >= 0, got {self.sft_warmup_steps}")
+        if self.sft_warmup_steps > 0 and self.rollout_epochs > 1:
+            raise UserError("sft_warmup_steps and rollout_epochs > 1 cannot be combined; set one of them")
+        if self.beta < 0 or self.asft_lambda < 0:
+            raise UserError(f"beta and asft_lambda must be >= 0, got {self.beta} and {self.asft_lambda}")
+        refreshed = self.old_policy == "rollout"
         if (
             "old_log_probs" in spec.tensors
+            and refreshed
             and self.mini_batches_per_rollout == 1
             and self.rollout_epochs == 1
         ):
@@ -113,5 +169,11 @@ class PSFTConfig(SFTConfig):
 
     @property
     def needs_old_log_probs(self) -> bool:
-        """Whether the objective reads the old policy's log-probs (and so a rollout needs the no-grad pass)."""
+        """Whether the objective reads the old policy's log-probs."""
         return "old_log_probs" in get_loss(self.loss_type).tensors
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether training needs the reference (initial) model's log-probs."""
+        spec = get_loss(self.loss_type)
+        return "ref_log_probs" in spec.tensors or (self.old_policy == "fixed" and self.needs_old_log_probs)

@@ -119,3 +119,30 @@ def psft_loss(
         "approx_kl": (ratio - 1.0 - log_ratio).detach(),
     }
     return LossOutput(per_token, metrics)
+
+
+def _k3(log_ratio: Tensor) -> Tensor:
+    """Schulman's k3 KL estimator exp(x) - x - 1 for x = log(q/p) on tokens drawn from p: >= 0, low variance."""
+    return log_ratio.exp() - log_ratio - 1.0
+
+
+@register_loss("sft_kl", tensors=("ref_log_probs",), hparams=("beta",))
+def sft_kl_loss(log_probs: Tensor, mask: Tensor, ref_log_probs: Tensor, beta: float = 0.5) -> LossOutput:
+    """NLL + beta * KL(pi || ref), the KL estimated per demonstration token with k3 on log(ref / pi).
+
+    The estimator is evaluated on the data's tokens (not samples of pi), as the paper's SFT-KL baseline does
+    at token level; its gradient is (1 - p_ref / p) per token, pulling back tokens that rose above the reference.
+    """
+    kl = _k3(ref_log_probs - log_probs)
+    return LossOutput((-log_probs + beta * kl) * mask, {"kl_ref": kl.detach()})
+
+
+@register_loss("asft", tensors=("ref_log_probs",), hparams=("asft_lambda",))
+def asft_loss(log_probs: Tensor, mask: Tensor, ref_log_probs: Tensor, asft_lambda: float = 0.1) -> LossOutput:
+    """ASFT (arXiv 2509.23753): DFT + lambda * KL(ref || pi), the KL estimated per token with k3 on log(pi / ref).
+
+    Its gradient per token is -p + lambda * (p / p_ref - 1).
+    """
+    kl = _k3(log_probs - ref_log_probs)
+    dft = -log_probs.exp().detach() * log_probs
+    return LossOutput((dft + asft_lambda * kl) * mask, {"kl_ref": kl.detach()})

@@ -14,21 +14,33 @@ micro-batches and processes (verl's per-micro-batch mean is not).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import defaultdict
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
+from rich.progress import track
 from torch import Tensor
+from torch.utils.data import DataLoader
 from transformers import TrainingArguments
 from transformers.trainer_utils import has_length
+from transformers.utils import logging
 from trl import SFTTrainer
 
 from psft.config import LOSS_ALIASES, PSFTConfig
+from psft.errors import UserError
 from psft.losses import get_loss, token_mean
+from psft.reference import ReferenceTable, labels_for_every_token
+
+logger = logging.get_logger(__name__)
 
 OLD_LOG_PROBS = "old_log_probs"
+REF_LOG_PROBS = "ref_log_probs"
+REFERENCE_FILE = "reference_log_probs.pt"
 
 
 def _to_psft_config(args: TrainingArguments | None, model: Any) -> PSFTConfig:
@@ -67,10 +79,15 @@ class PSFTTrainer(SFTTrainer):
         finally:
             args.loss_type = loss_type
         self.loss_spec = get_loss(loss_type)
+        self.reference = self._reference_mode()
+        # a frozen copy of the initial model, only with `reference="copy"`
+        self._ref_model = self._frozen_copy() if self.reference == "copy" and args.needs_reference else None
+        self._ref_table: ReferenceTable | None = (
+            None  # with `reference="precompute"`, built when training starts
+        )
         self._rollout_iterator = None  # the epoch iterator the pending rollout was drawn from
-        self._pending: list[
-            list[dict[str, Any]]
-        ] = []  # mini-batches of the current rollout not yet handed out
+        # the optimizer steps (lists of micro-batches) of the current rollout not handed out yet
+        self._pending: list[list[dict[str, Any]]] = []
         self._rollout_index = 0  # rollouts started so far (old-policy refreshes)
         self._updates_per_epoch = 0  # optimizer steps per epoch, set when training starts
         self._sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
@@ -114,21 +131,33 @@ class PSFTTrainer(SFTTrainer):
         batch_samples = self._pending.pop(0) if self._pending else []
         return batch_samples, self._count_loss_tokens(batch_samples, device)
 
+    def _in_warmup(self) -> bool:
+        return self.state.global_step < self.args.sft_warmup_steps
+
+    def _rollout_length(self) -> int:
+        """Mini-batches in the next rollout: K, less where the epoch, the SFT warm-up or training ends."""
+        args, step = self.args, self.state.global_step
+        length = args.mini_batches_per_rollout
+        if self._in_warmup():
+            length = min(length, args.sft_warmup_steps - step)
+        elif args.rollout_epochs == 1:
+            # Rollouts start every K steps from the later of the epoch's start and the warm-up's end (also
+            # after a resume, so refreshes fall where they would have without the interruption).
+            origin = args.sft_warmup_steps
+            if self._updates_per_epoch > 0:
+                origin = max(origin, step - step % self._updates_per_epoch)
+            length -= (step - origin) % length
+        if self.state.max_steps > 0:  # don't prefetch past the end of training
+            length = min(length, math.ceil((self.state.max_steps - step) / args.rollout_epochs))
+        return max(1, length)
+
     def _next_rollout(self, epoch_iterator: Any) -> list[list[dict[str, Any]]]:
-        """Fetch up to K mini-batches, compute the old policy's log-probs on them, and return the rollout's
-        optimizer steps in order (each mini-batch `rollout_epochs` times)."""
+        """Fetch the next rollout's mini-batches, attach the old policy's (and the reference's) log-probs,
+        and return its optimizer steps in order (each mini-batch `rollout_epochs` times)."""
         args = self.args
         accumulation, epochs = args.gradient_accumulation_steps, args.rollout_epochs
-        num_mini = args.mini_batches_per_rollout
-        if epochs == 1 and self._updates_per_epoch > 0:
-            # Rollouts start every K optimizer steps from the start of the epoch, also after a resume.
-            num_mini -= (self.state.global_step % self._updates_per_epoch) % num_mini
-        if self.state.max_steps > 0:  # don't prefetch past the end of training
-            num_mini = max(
-                1, min(num_mini, math.ceil((self.state.max_steps - self.state.global_step) / epochs))
-            )
         micro_batches = []
-        for _ in range(num_mini * accumulation):
+        for _ in range(self._rollout_length() * accumulation):
             try:
                 micro_batches.append(next(epoch_iterator))
             except StopIteration:
@@ -143,10 +172,15 @@ class PSFTTrainer(SFTTrainer):
         if epochs > 1:
             last = mini_batches[-1]
             last += [_without_loss_tokens(last[0]) for _ in range(accumulation - len(last))]
-        if self._needs_old_log_probs():
-            # With one pass, mini-batch 1 uses its own detached log-probs (ratio 1): no extra forward.
-            for mini_batch in mini_batches[1 if epochs == 1 else 0 :]:
-                for micro_batch in mini_batch:
+        needs_old = self._needs_old_log_probs() and not self._in_warmup()
+        for index, mini_batch in enumerate(mini_batches):
+            for micro_batch in mini_batch:
+                if self.args.needs_reference:
+                    micro_batch[REF_LOG_PROBS] = self._reference_log_probs(micro_batch)
+                if needs_old and args.old_policy == "fixed":
+                    micro_batch[OLD_LOG_PROBS] = micro_batch[REF_LOG_PROBS]
+                elif needs_old and (index > 0 or epochs > 1):
+                    # With one pass, mini-batch 1 uses its own detached log-probs (ratio 1): no extra forward.
                     micro_batch[OLD_LOG_PROBS] = self._old_log_probs(micro_batch)
         self._rollout_index += 1
         return [mini_batch for _ in range(epochs) for mini_batch in mini_batches]
@@ -154,19 +188,82 @@ class PSFTTrainer(SFTTrainer):
     def _needs_old_log_probs(self) -> bool:
         return OLD_LOG_PROBS in self.loss_spec.tensors
 
-    @torch.no_grad()
     def _old_log_probs(self, micro_batch: dict[str, Any]) -> Tensor:
-        """Per-token log-probs of the current model on one micro-batch, in eval mode, without full logits."""
-        model = self.model_wrapped
+        """The current model's per-token log-probs on one micro-batch: the old policy's, at rollout start."""
+        return self._log_probs(self.model_wrapped, micro_batch)
+
+    @torch.no_grad()
+    def _log_probs(
+        self, model: torch.nn.Module, micro_batch: dict[str, Any], labels: Tensor | None = None
+    ) -> Tensor:
+        """Per-token log-probs of `model` on one micro-batch, in eval mode, without full logits."""
         was_training = model.training
         model.eval()
         try:
             inputs = self._prepare_inputs(micro_batch)
+            inputs = {k: v for k, v in inputs.items() if k not in (OLD_LOG_PROBS, REF_LOG_PROBS)}
+            if labels is not None:
+                inputs["labels"] = labels
             with self.compute_loss_context_manager():
                 outputs = model(**inputs, use_cache=False, fused_lm_head=True)
         finally:
             model.train(was_training)
         return outputs.log_probs.detach().float()
+
+    # ----------------------------------------------------------------- reference
+    def _reference_mode(self) -> str:
+        """`args.reference` with "auto" resolved, checked against the model."""
+        mode = self.args.reference
+        peft = is_peft_model(self.model)
+        if mode == "auto":
+            mode = "adapter" if peft else "precompute"
+        if mode == "adapter" and not peft:
+            raise UserError(
+                "reference='adapter' needs a PEFT model (pass peft_config); use 'precompute' or 'copy'"
+            )
+        return mode
+
+    def _frozen_copy(self) -> torch.nn.Module:
+        model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        model.requires_grad_(False)
+        return model.eval()
+
+    def _reference_log_probs(self, micro_batch: dict[str, Any]) -> Tensor:
+        """The reference (initial) model's per-token log-probs on one micro-batch."""
+        if self.reference == "adapter":
+            with self.accelerator.unwrap_model(self.model).disable_adapter():
+                return self._log_probs(self.model_wrapped, micro_batch)
+        if self.reference == "copy":
+            return self._log_probs(self._ref_model, micro_batch)
+        if self._ref_table is None:
+            self._ref_table = self._build_reference_table()
+        return self._ref_table.lookup(micro_batch)
+
+    def _build_reference_table(self) -> ReferenceTable:
+        """One pass of the initial model over the training data, before its first update. Saved in output_dir
+        so that a resumed run (whose model is no longer the initial one) can load it."""
+        path = Path(self.args.output_dir) / REFERENCE_FILE
+        if self.state.global_step > 0:
+            if not path.is_file():
+                raise UserError(f"resuming needs the initial model's reference log-probs, missing at {path}")
+            logger.info(f"Loading reference log-probs from {path}")
+            return ReferenceTable.load(path)
+        if not has_length(self.train_dataset):
+            raise UserError("reference='precompute' needs a sized training dataset; use 'adapter' or 'copy'")
+        dataset = self._remove_unused_columns(self.train_dataset, description="reference")
+        loader = DataLoader(
+            dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator
+        )
+        table = ReferenceTable()
+        for batch in track(
+            loader, description="Reference log-probs", disable=not self.is_world_process_zero()
+        ):
+            batch = self._prepare_inputs(batch)
+            table.add(batch, self._log_probs(self.model_wrapped, batch, labels=labels_for_every_token(batch)))
+        if self.is_world_process_zero():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.save(path)
+        return table
 
     def _count_loss_tokens(self, batch_samples: list[dict[str, Any]], device: torch.device) -> Tensor | None:
         """Loss tokens of one optimizer step over all micro-batches and processes (the token-mean's divisor)."""
@@ -187,6 +284,7 @@ class PSFTTrainer(SFTTrainer):
     ) -> Tensor | tuple[Tensor, Any]:
         """The registered objective, token-mean over the optimizer step. Evaluation keeps TRL's NLL."""
         old_log_probs = inputs.pop(OLD_LOG_PROBS, None)
+        ref_log_probs = inputs.pop(REF_LOG_PROBS, None)
         if not self.model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.aux_loss_enabled:
@@ -194,11 +292,14 @@ class PSFTTrainer(SFTTrainer):
         outputs = model(**inputs, use_cache=False, fused_lm_head=True)
         log_probs = outputs.log_probs
         mask = outputs.label_mask.to(log_probs.dtype)
-        tensors = {}
-        if self._needs_old_log_probs():
-            tensors[OLD_LOG_PROBS] = log_probs.detach() if old_log_probs is None else old_log_probs
-        hparams = {name: getattr(self.args, name) for name in self.loss_spec.hparams}
-        out = self.loss_spec.fn(log_probs, mask, **tensors, **hparams)
+        spec = get_loss("sft") if self._in_warmup() else self.loss_spec
+        available = {
+            OLD_LOG_PROBS: log_probs.detach() if old_log_probs is None else old_log_probs,
+            REF_LOG_PROBS: ref_log_probs,
+        }
+        tensors = {name: available[name] for name in spec.tensors}
+        hparams = {name: getattr(self.args, name) for name in spec.hparams}
+        out = spec.fn(log_probs, mask, **tensors, **hparams)
         num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
         # DDP, FSDP and DeepSpeed average gradients over processes; the divisor already counts all of them.
         loss = token_mean(out.per_token, num_tokens) * self.accelerator.num_processes
@@ -220,6 +321,8 @@ class PSFTTrainer(SFTTrainer):
             sums["input_tokens"] += inputs["attention_mask"].sum()
         elif "position_ids" in inputs:
             sums["input_tokens"] += inputs["position_ids"].numel()
+        if metrics:
+            sums["metric_tokens"] += mask.sum().detach()
         for name, value in metrics.items():
             sums[name] += (value * mask).sum()
         if "ratio" in metrics and mask.any():
@@ -240,12 +343,15 @@ class PSFTTrainer(SFTTrainer):
             logs["mean_token_accuracy"] = sums["correct"] / tokens
             self._total_train_tokens += int(sums.get("input_tokens", 0))
             logs["num_tokens"] = float(self._total_train_tokens)
+            metric_tokens = max(sums.get("metric_tokens", 0.0), 1.0)
             if "ratio" in sums:
-                logs["clip_ratio/high"] = sums["clip_high"] / tokens
-                logs["clip_ratio/low"] = sums["clip_low"] / tokens
-                logs["ratio/mean"] = sums["ratio"] / tokens
+                logs["clip_ratio/high"] = sums["clip_high"] / metric_tokens
+                logs["clip_ratio/low"] = sums["clip_low"] / metric_tokens
+                logs["ratio/mean"] = sums["ratio"] / metric_tokens
                 logs["ratio/max"] = ratio_max.item()
-                logs["approx_kl"] = sums["approx_kl"] / tokens
+                logs["approx_kl"] = sums["approx_kl"] / metric_tokens
+            if "kl_ref" in sums:
+                logs["kl_ref"] = sums["kl_ref"] / metric_tokens
             if self._needs_old_log_probs():
                 logs["rollout"] = float(self._rollout_index)
             self._sums.clear()
