@@ -59,6 +59,14 @@ class PSFTConfig(SFTConfig):
             `output_dir/reference_log_probs.pt`); `"adapter"` uses the model with its PEFT adapter disabled;
             `"copy"` keeps a frozen copy of the initial model (twice the weights in memory). `"auto"` is
             `"adapter"` for PEFT models and `"precompute"` otherwise.
+        skip_invalid_records (`bool`, *optional*, defaults to `False`):
+            Invalid training records (missing or mistyped fields, empty completions, unknown roles, bad JSONL
+            lines, records whose loss tokens are all cut by `max_length`) are an error naming the first one.
+            With `True` they are dropped instead, and their count is logged.
+        max_nonfinite_steps (`int`, *optional*, defaults to `10`):
+            An optimizer step whose loss or gradient is not finite is skipped (no parameter, optimizer-state or
+            LR-scheduler update; counted in the `nonfinite_skipped` metric). Training stops with an error after
+            this many such steps in a row.
     """
 
     learning_rate: float = field(
@@ -125,6 +133,16 @@ class PSFTConfig(SFTConfig):
             "choices": ["auto", "precompute", "adapter", "copy"],
         },
     )
+    skip_invalid_records: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop invalid training records with a logged count instead of failing on the first."
+        },
+    )
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata={"help": "Non-finite loss/gradient steps are skipped; stop after this many in a row."},
+    )
 
     def __post_init__(self):
         self.loss_type = LOSS_ALIASES.get(self.loss_type, self.loss_type)
@@ -150,6 +168,18 @@ class PSFTConfig(SFTConfig):
             raise UserError(f"sft_warmup_steps must be >= 0, got {self.sft_warmup_steps}")
         if self.sft_warmup_steps > 0 and self.rollout_epochs > 1:
             raise UserError("sft_warmup_steps and rollout_epochs > 1 cannot be combined; set one of them")
+        if self.max_nonfinite_steps < 1:
+            raise UserError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1 to form a mini-batch, got {getattr(self, name)}")
+        if 0 < self.max_steps <= self.sft_warmup_steps and "old_log_probs" in spec.tensors:
+            warnings.warn(
+                f"sft_warmup_steps={self.sft_warmup_steps} covers all max_steps={self.max_steps}: no step uses "
+                f"loss_type={self.loss_type!r}. Lower sft_warmup_steps or raise max_steps.",
+                UserWarning,
+                stacklevel=3,
+            )
         if self.beta < 0 or self.asft_lambda < 0:
             raise UserError(f"beta and asft_lambda must be >= 0, got {self.beta} and {self.asft_lambda}")
         refreshed = self.old_policy == "rollout"

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+from transformers.utils import logging
 
 from psft.errors import UserError
+from psft.records import FORMATS, record_format, record_problem
+
+logger = logging.get_logger(__name__)
 
 BUILTIN_PREFIX = "psft/"  # `psft/<task>`: a task of the built-in synthetic suite (psft.tasks)
 BUILTIN_TEST_SIZE = 100
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
-# The record formats TRL's SFTTrainer accepts, as the columns that identify them.
-FORMATS = {
-    "language modeling": ("text",),
-    "prompt-completion": ("prompt", "completion"),
-    "conversational": ("messages",),
-    "conversational (from/value)": ("conversations",),
-}
+SKIP_HINT = "; fix the record or set skip_invalid_records=true to skip invalid records"
 
 
 def load_sft_dataset(
@@ -28,9 +27,10 @@ def load_sft_dataset(
     split: str = "train",
     streaming: bool = False,
     text_field: str = "text",
+    skip_invalid: bool = False,
 ) -> Dataset | IterableDataset:
     """Load one split from a local file (by extension), the built-in suite (`psft/<task>`) or the hub, and
-    check it is in a format TRL trains on."""
+    check every record is one TRL trains on (`validate_records`); with `skip_invalid`, drop and count bad ones."""
     if name_or_path.startswith(BUILTIN_PREFIX) and not os.path.exists(name_or_path):
         return builtin_dataset(name_or_path[len(BUILTIN_PREFIX) :], split)
     extension = os.path.splitext(name_or_path)[1].lower()
@@ -39,8 +39,9 @@ def load_sft_dataset(
             raise UserError(f"{name_or_path}: no such data file")
         if extension not in LOCAL_BUILDERS:
             raise UserError(f"{name_or_path}: unsupported file type; use .json, .jsonl or .parquet")
-        if extension == ".jsonl":
-            check_jsonl(name_or_path)
+        bad_lines = check_jsonl(name_or_path, text_field, skip_invalid) if extension == ".jsonl" else []
+        if bad_lines and not streaming:
+            return Dataset.from_list(_jsonl_records(name_or_path, set(bad_lines)))
         try:
             dataset = load_dataset(
                 LOCAL_BUILDERS[extension], data_files=name_or_path, split="train", streaming=streaming
@@ -51,8 +52,7 @@ def load_sft_dataset(
         dataset = load_dataset(name_or_path, name=config, split=split, streaming=streaming)
     if isinstance(dataset, DatasetDict):  # a hub dataset without the split asked for
         raise UserError(f"{name_or_path}: no split {split!r}; it has {', '.join(dataset)}")
-    check_format(dataset, name_or_path, text_field)
-    return dataset
+    return validate_records(dataset, name_or_path, text_field, skip_invalid)
 
 
 def builtin_dataset(task: str, split: str = "train") -> Dataset:
@@ -65,44 +65,149 @@ def builtin_dataset(task: str, split: str = "train") -> Dataset:
     return Dataset.from_list([to_record(example) for example in generate(task, size, seed=0, split=split)])
 
 
-def check_jsonl(path: str) -> int:
-    """Every non-blank line of a JSONL file is a UTF-8 JSON object; the error names the first bad line."""
-    count = 0
+def check_jsonl(path: str, text_field: str = "text", skip_invalid: bool = False) -> list[int]:
+    """Check every non-blank line of a JSONL file: UTF-8, a JSON object, one format, a trainable record.
+
+    The error names the first bad line and field. With `skip_invalid`, bad lines are counted and logged
+    instead, and their line numbers returned; every line bad, or no line at all, is still an error."""
+    count, bad, fmt = 0, [], None
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise UserError(
-                    f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})"
-                ) from None
-            if not line.strip():
+                problem, fmt = _jsonl_line_problem(raw, fmt, text_field)
+            except _BlankLine:
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: invalid JSON: {err.msg} (column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             count += 1
+            if problem is None:
+                continue
+            if not skip_invalid:
+                raise UserError(f"{path}:{number}: {problem}{SKIP_HINT}")
+            bad.append(number)
+            logger.warning(f"{path}:{number}: skipped: {problem}")
     if count == 0:
         raise UserError(f"{path}: the file has no records")
-    return count
+    if len(bad) == count:
+        raise UserError(f"{path}: all {count} records are invalid (first at line {bad[0]})")
+    if bad:
+        logger.warning(f"{path}: skipped {len(bad)} invalid records of {count} (skip_invalid_records)")
+    return bad
+
+
+def _jsonl_records(path: str, skip_lines: set[int]) -> list[dict]:
+    """The records of a checked JSONL file, without the lines given."""
+    with open(path, "rb") as f:
+        lines = [(n, raw) for n, raw in enumerate(f, start=1) if n not in skip_lines and raw.strip()]
+    return [json.loads(raw) for _, raw in lines]
+
+
+class _BlankLine(Exception):
+    pass
+
+
+def _jsonl_line_problem(raw: bytes, fmt: str | None, text_field: str) -> tuple[str | None, str | None]:
+    """(what is wrong with one JSONL line or None, the file's format as set by its first good record)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text ({err.reason} at byte {err.start})", fmt
+    if not line.strip():
+        raise _BlankLine
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        return f"invalid JSON: {err.msg} (column {err.colno})", fmt
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}", fmt
+    found = record_format(record, text_field) or fmt  # a known file format names the missing field
+    if found is None:
+        return f"fields {sorted(record)} match no known format ({_formats_help()})", fmt
+    if fmt is not None and found != fmt:
+        return f"a {found} record in a {fmt} file (fields {sorted(record)})", fmt
+    problem = record_problem(record, found, text_field)
+    if problem is not None:
+        return f"field {problem[0]!r}: {problem[1]}", fmt or found
+    return None, fmt or found
+
+
+def validate_records(
+    dataset: Dataset | IterableDataset,
+    source: str = "dataset",
+    text_field: str = "text",
+    skip_invalid: bool = False,
+) -> Dataset | IterableDataset:
+    """Check every record of a map-style dataset before tokenisation; the error names the record and field.
+
+    With `skip_invalid`, bad records are dropped with a logged count instead. Streaming (iterable) datasets
+    are only checked for their format: reading them here would consume them."""
+    fmt = check_format(dataset, source, text_field)
+    if not isinstance(dataset, Dataset):
+        return dataset
+    if len(dataset) == 0:
+        raise UserError(f"{source}: the dataset is empty")
+    if fmt == "tokenized":
+        return dataset
+    columns = [
+        c
+        for c in dataset.column_names
+        if c in (text_field, "prompt", "completion", "messages", "conversations")
+    ]
+    bad = []
+    for start in range(0, len(dataset), 1000):
+        rows = dataset.select_columns(columns)[start : start + 1000]
+        for offset in range(len(rows[columns[0]])):
+            record = {c: rows[c][offset] for c in columns}
+            problem = record_problem(record, fmt, text_field)
+            if problem is None:
+                continue
+            index = start + offset
+            message = f"{source}: record {index}: field {problem[0]!r}: {problem[1]}"
+            if not skip_invalid:
+                raise UserError(message + SKIP_HINT)
+            bad.append(index)
+            if len(bad) <= 10:
+                logger.warning(f"skipped: {message}")
+    if len(bad) == len(dataset):
+        raise UserError(f"{source}: all {len(bad)} records are invalid (first: record {bad[0]})")
+    if bad:
+        logger.warning(
+            f"{source}: skipped {len(bad)} invalid records of {len(dataset)} (skip_invalid_records)"
+        )
+        dropped = set(bad)
+        dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
+    return dataset
+
+
+def check_chat_template(
+    tokenizer: Any, dataset: Dataset | IterableDataset, model_name: str = "model"
+) -> None:
+    """With `assistant_only_loss`, the tokenizer's chat template must mark the assistant turns with
+    `{% generation %}` (or be one TRL knows how to patch): otherwise TRL fails late or masks nothing."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{model_name}: the tokenizer has no chat template; set assistant_only_loss=false")
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError:
+        raise UserError(
+            f"{model_name}: the chat template has no {{% generation %}} markers and TRL cannot patch it: wrap the "
+            "assistant turn in {% generation %}...{% endgeneration %} or set assistant_only_loss=false"
+        ) from None
 
 
 def check_format(dataset: Dataset | IterableDataset, source: str, text_field: str = "text") -> str:
     """The name of the dataset's TRL format; a clear error naming the columns if it has none."""
     columns = set(dataset.column_names or [])
-    if "input_ids" in columns:
-        return "tokenized"
-    for name, needed in FORMATS.items():
-        needed = (text_field,) if needed == ("text",) else needed
-        if set(needed) <= columns:
-            return name
+    fmt = record_format(columns, text_field)
+    if fmt is not None:
+        return fmt
     if isinstance(dataset, Dataset) and len(dataset) == 0:
         raise UserError(f"{source}: the dataset is empty")
-    expected = "; ".join(f"{name}: {', '.join(cols)}" for name, cols in FORMATS.items())
-    raise UserError(f"{source}: columns {sorted(columns)} match no known format ({expected})")
+    raise UserError(f"{source}: columns {sorted(columns)} match no known format ({_formats_help()})")
+
+
+def _formats_help() -> str:
+    return "; ".join(f"{name}: {', '.join(cols)}" for name, cols in FORMATS.items())
 
 
 def _first_line(err: BaseException) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_dataset, get_peft_config
 
 from psft.config import PSFTConfig
-from psft.data import check_format, load_sft_dataset
+from psft.data import check_chat_template, load_sft_dataset, validate_records
 from psft.errors import UserError
 from psft.tiny import resolve_model_name
 
@@ -30,8 +30,12 @@ def load_datasets(
     want_eval = training_args.eval_strategy != "no"
     if dataset_args.datasets:
         mixture = get_dataset(dataset_args)
-        train = mixture[script_args.dataset_train_split]
-        check_format(train, "datasets", training_args.dataset_text_field)
+        train = validate_records(
+            mixture[script_args.dataset_train_split],
+            "datasets",
+            training_args.dataset_text_field,
+            training_args.skip_invalid_records,
+        )
         return train, (mixture[script_args.dataset_test_split] if want_eval else None)
     if not script_args.dataset_name:
         raise UserError("no data: set dataset_name (a hub name or a .jsonl/.json/.parquet file) or datasets")
@@ -39,6 +43,7 @@ def load_datasets(
         config=script_args.dataset_config,
         streaming=script_args.dataset_streaming,
         text_field=training_args.dataset_text_field,
+        skip_invalid=training_args.skip_invalid_records,
     )
     train = load_sft_dataset(script_args.dataset_name, split=script_args.dataset_train_split, **load)
     evaluation = None
@@ -55,6 +60,14 @@ def main(argv: list[str]) -> int:
     if not model_args.model_name_or_path:
         raise UserError("no model: set model_name_or_path (hub name, local directory or psft/tiny-base)")
     train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
+    model_name = resolve_model_name(model_args.model_name_or_path)
+    if training_args.assistant_only_loss:  # checked on the tokenizer alone, before the model loads
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+        )
+        check_chat_template(tokenizer, model_args.model_name_or_path)
 
     model_init_kwargs = dict(
         revision=model_args.model_revision,
@@ -66,7 +79,7 @@ def main(argv: list[str]) -> int:
     training_args.model_init_kwargs = model_init_kwargs
 
     trainer = PSFTTrainer(
-        model=resolve_model_name(model_args.model_name_or_path),
+        model=model_name,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
