@@ -35,6 +35,7 @@ from psft.config import LOSS_ALIASES, PSFTConfig
 from psft.errors import UserError
 from psft.losses import get_loss, token_mean
 from psft.reference import ReferenceTable, labels_for_every_token
+from psft.reliability import ReliabilityMixin
 
 logger = logging.get_logger(__name__)
 
@@ -56,7 +57,7 @@ def _to_psft_config(args: TrainingArguments | None, model: Any) -> PSFTConfig:
     return PSFTConfig(**values)
 
 
-class PSFTTrainer(SFTTrainer):
+class PSFTTrainer(ReliabilityMixin, SFTTrainer):
     """Drop-in for `trl.SFTTrainer` training with `args.loss_type` (default `"psft"`) on PSFT's schedule.
 
     Everything SFTTrainer does (dataset formats, chat templates, completion-only and assistant-only loss,
@@ -98,6 +99,7 @@ class PSFTTrainer(SFTTrainer):
         """With `rollout_epochs` E > 1 each mini-batch is used E times: scale the Trainer's step counts."""
         values = super().set_initial_training_values(args, dataloader)
         self._updates_per_epoch = values[1]
+        _check_rollout_fits(self.args, values[1], has_length(dataloader))
         epochs = self.args.rollout_epochs
         if epochs == 1 or not has_length(dataloader):
             return values
@@ -173,11 +175,15 @@ class PSFTTrainer(SFTTrainer):
             last = mini_batches[-1]
             last += [_without_loss_tokens(last[0]) for _ in range(accumulation - len(last))]
         needs_old = self._needs_old_log_probs() and not self._in_warmup()
+        restored = self._restored_old_log_probs(mini_batches)  # after a resume inside this rollout
         for index, mini_batch in enumerate(mini_batches):
-            for micro_batch in mini_batch:
+            for position, micro_batch in enumerate(mini_batch):
                 if self.args.needs_reference:
                     micro_batch[REF_LOG_PROBS] = self._reference_log_probs(micro_batch)
-                if needs_old and args.old_policy == "fixed":
+                if restored is not None:
+                    if restored[index][position] is not None:
+                        micro_batch[OLD_LOG_PROBS] = restored[index][position]
+                elif needs_old and args.old_policy == "fixed":
                     micro_batch[OLD_LOG_PROBS] = micro_batch[REF_LOG_PROBS]
                 elif needs_old and (index > 0 or epochs > 1):
                     # With one pass, mini-batch 1 uses its own detached log-probs (ratio 1): no extra forward.
@@ -354,9 +360,31 @@ class PSFTTrainer(SFTTrainer):
                 logs["kl_ref"] = sums["kl_ref"] / metric_tokens
             if self._needs_old_log_probs():
                 logs["rollout"] = float(self._rollout_index)
+            logs["nonfinite_skipped"] = float(self.nonfinite_skipped)
             self._sums.clear()
             self._ratio_max.fill_(-math.inf)
         super().log(logs, start_time)
+
+
+def _check_rollout_fits(args: PSFTConfig, updates_per_epoch: int, sized: bool) -> None:
+    """A dataset too small for one optimizer step is an error; one smaller than a rollout makes rollouts
+    shorter than K (cut at each epoch's end), so PSFT's trust region has fewer steps to act on: a warning."""
+    if not sized:
+        return
+    if updates_per_epoch == 0:
+        raise UserError(
+            "the training data is smaller than one batch of per_device_train_batch_size x processes with "
+            "dataloader_drop_last=true: add data, lower per_device_train_batch_size, or set dataloader_drop_last=false"
+        )
+    k = args.mini_batches_per_rollout
+    partial = args.rollout_epochs == 1 and updates_per_epoch < k
+    if partial and args.needs_old_log_probs and args.old_policy == "rollout":
+        logger.warning(
+            f"one epoch is {updates_per_epoch} optimizer steps, fewer than mini_batches_per_rollout={k}: rollouts "
+            f"are cut at each epoch's end to {updates_per_epoch} steps"
+            + (" (every ratio is 1: this is SFT)" if updates_per_epoch == 1 else "")
+            + "; lower mini_batches_per_rollout or the batch size to get K steps per rollout"
+        )
 
 
 def _shifted_labels(batch: dict[str, Any]) -> Tensor:

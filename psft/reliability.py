@@ -1,0 +1,205 @@
+"""`ReliabilityMixin`: the parts of `PSFTTrainer` that guard a run against bad data, crashes and non-finite numbers.
+
+- Data: every raw record is validated before tokenisation (`psft.data.validate_records`), and records that
+  truncation to `max_length` leaves without a loss token (TRL drops them silently) are an error, or a logged
+  skip with `skip_invalid_records`.
+- Checkpoints are written atomically and carry the pending old log-probs of an interrupted rollout, so a
+  resumed run ends with the same parameters as an uninterrupted one (`psft.checkpoint`).
+- An optimizer step with a non-finite loss or gradient is skipped for real: gradients are dropped (`None`, so
+  AdamW neither moves the weights nor advances its moments or step count) and the optimizer reports the step as
+  skipped, so the LR scheduler does not advance either. `max_nonfinite_steps` in a row stop the run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import Tensor
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+from transformers.utils import logging
+
+from psft.checkpoint import (
+    STAGING_PREFIX,
+    load_rollout_state,
+    publish,
+    remove_staging,
+    restore_old_log_probs,
+    rollout_state,
+    save_rollout_state,
+)
+from psft.data import check_chat_template, validate_records
+from psft.errors import UserError
+
+logger = logging.get_logger(__name__)
+
+
+class ReliabilityMixin:
+    """Mixed into `PSFTTrainer` before `SFTTrainer`; reads `self._pending` and `self._rollout_index`."""
+
+    _staging_dir: str | None = None
+    _resumed_rollout: dict[str, Any] | None = None
+    _step_loss_finite: Tensor | None = None
+    nonfinite_in_a_row = 0
+    nonfinite_skipped = 0  # optimizer steps skipped so far (logged as `nonfinite_skipped`)
+
+    def __init__(self, model: Any, args: Any = None, **kwargs: Any):
+        tokenizer = kwargs.get("processing_class")
+        if args is not None and args.assistant_only_loss and hasattr(tokenizer, "apply_chat_template"):
+            check_chat_template(tokenizer, getattr(model, "name_or_path", str(model)))
+        super().__init__(model, args=args, **kwargs)
+
+    # ---------------------------------------------------------------------- data
+    def _prepare_dataset(
+        self,
+        dataset: Any,
+        processing_class: Any,
+        args: Any,
+        packing: bool,
+        formatting_func: Any,
+        dataset_name: str,
+    ) -> Any:
+        """Validate raw records first; after tokenisation, refuse (or count) records truncation emptied."""
+        skip = args.skip_invalid_records
+        source = f"{dataset_name} dataset"
+        if formatting_func is None:
+            dataset = validate_records(dataset, source, args.dataset_text_field, skip)
+        before = len(dataset) if isinstance(dataset, Dataset) else None
+        prepared = super()._prepare_dataset(
+            dataset, processing_class, args, packing, formatting_func, dataset_name
+        )
+        if before is None or packing or args.max_length is None or not isinstance(prepared, Dataset):
+            return prepared
+        dropped = before - len(prepared)
+        if dropped:
+            message = (
+                f"{source}: {dropped} of {before} records have no loss token left after truncation to "
+                f"max_length={args.max_length}"
+            )
+            if not skip:
+                raise UserError(
+                    f"{message}; raise max_length, set truncation_mode='keep_end', or set "
+                    "skip_invalid_records=true to drop them"
+                )
+            logger.warning(f"{message}: skipped (skip_invalid_records)")
+        if len(prepared) == 0:
+            raise UserError(f"{source}: no record is left to train on")
+        return prepared
+
+    # ------------------------------------------------------------------ numerics
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = torch.isfinite(loss.detach()).all()
+        self._step_loss_finite = finite if self._step_loss_finite is None else self._step_loss_finite & finite
+        return loss
+
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        """Called once per optimizer step just before `optimizer.step()`: the place to veto the step."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        self._skip_if_nonfinite(model, grad_norm)
+        return grad_norm
+
+    def _skip_if_nonfinite(self, model: torch.nn.Module, grad_norm: Any) -> None:
+        optimizer = getattr(self.optimizer, "_is_overflow", None) is not None and self.optimizer
+        if optimizer:
+            optimizer._is_overflow = False  # set by the previous skipped step, read by the LR scheduler step
+        ok = torch.isfinite(torch.as_tensor(grad_norm, dtype=torch.float32, device=self.args.device)).all()
+        if self._step_loss_finite is not None:
+            ok = ok & self._step_loss_finite.to(ok.device)
+        self._step_loss_finite = None
+        bad = (~ok).float()
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() == 0:
+            self.nonfinite_in_a_row = 0
+            return
+        for parameter in model.parameters():
+            parameter.grad = None  # AdamW skips parameters without a gradient entirely
+        if optimizer:
+            optimizer._is_overflow = True  # `accelerator.optimizer_step_was_skipped`: no LR scheduler step
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_skipped += 1
+        step = self.state.global_step + 1
+        logger.warning(
+            f"step {step}: non-finite loss or gradient, optimizer step skipped "
+            f"({self.nonfinite_in_a_row} in a row, {self.nonfinite_skipped} in all)"
+        )
+        if self.nonfinite_in_a_row >= self.args.max_nonfinite_steps:
+            raise UserError(
+                f"step {step}: {self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
+                "gradient (max_nonfinite_steps); lower learning_rate, set max_grad_norm, check the data, or "
+                "train in float32"
+            )
+
+    # ------------------------------------------------------- checkpoint / resume
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Load the interrupted rollout's old log-probs with the checkpoint, then train as the Trainer does."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True and os.path.isdir(self.args.output_dir):
+            checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        self._resumed_rollout = None
+        if isinstance(checkpoint, str):
+            if self.args.rollout_epochs > 1:
+                raise UserError(
+                    "resuming with rollout_epochs > 1 is not supported (the Trainer's data skip cannot find the "
+                    "position inside a replayed rollout); restart the run or train with rollout_epochs=1"
+                )
+            state = load_rollout_state(checkpoint, self.args.process_index)
+            if state is None:
+                logger.warning(
+                    f"{checkpoint} has no PSFT rollout state: the rest of an interrupted rollout uses the "
+                    "resumed model as its old policy"
+                )
+            else:
+                state["source"] = checkpoint
+                self._rollout_index = state["rollout_index"]
+            self._resumed_rollout = state
+        return super().train(checkpoint, *args, **kwargs)
+
+    def _restored_old_log_probs(self, mini_batches: list[list[dict[str, Any]]]) -> list[list[Any]] | None:
+        """For the first rollout after a resume inside a rollout: the saved old log-probs of its mini-batches."""
+        state, self._resumed_rollout = self._resumed_rollout, None
+        if state is None or not state["pending"] or state["global_step"] != self.state.global_step:
+            return None
+        restored = restore_old_log_probs(mini_batches, state, state["source"])
+        device = self.args.device
+        return [[None if t is None else t.to(device) for t in row] for row in restored]
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint plus the rollout state, written to a staging folder and renamed when complete."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, STAGING_PREFIX + name)
+        if self.args.should_save:
+            remove_staging(run_dir)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+            state = rollout_state(self._pending, "old_log_probs", self.state.global_step, self._rollout_index)
+            save_rollout_state(os.path.join(staging, name), self.args.process_index, state)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        final = os.path.join(run_dir, name)
+        best = self.state.best_model_checkpoint
+        if best is not None and best.startswith(staging):  # the Trainer saw the staged path
+            self.state.best_model_checkpoint = final
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staging, name, "trainer_state.json"))
+        if self.args.should_save:
+            publish(os.path.join(staging, name), final)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()

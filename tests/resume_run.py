@@ -1,0 +1,54 @@
+"""A tiny PSFT run for the resume tests, run as a subprocess: `python resume_run.py OUT [--kill-saving STEP] [--resume]`.
+
+With `--kill-saving STEP` the process SIGKILLs itself in the middle of writing checkpoint STEP (model written,
+optimizer not yet). The final model is saved to OUT/final.
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from trainer_support import TOKENIZER, common_args, prompt_completion_data  # noqa: E402
+
+from psft import PSFTConfig, PSFTTrainer  # noqa: E402
+from psft.tiny import make_tiny_llama  # noqa: E402
+
+
+class KilledWhileSaving(PSFTTrainer):
+    kill_at = -1
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        if self.state.global_step == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super()._save_optimizer_and_scheduler(output_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--kill-saving", type=int, default=-1)
+    parser.add_argument("--resume", action="store_true")
+    cli = parser.parse_args()
+    torch.set_num_threads(1)
+    # 40 records / batch 4 = 10 steps an epoch; K = 4: rollouts [0,4) [4,8) [8,10) [10,14) [14,16)
+    run = dict(max_steps=16, num_train_epochs=2, mini_batches_per_rollout=4, learning_rate=2e-2)
+    args = PSFTConfig(
+        **common_args(output_dir=cli.out, save_strategy="steps", save_steps=3, logging_steps=4, **run)
+    )
+    KilledWhileSaving.kill_at = cli.kill_saving
+    trainer = KilledWhileSaving(
+        model=make_tiny_llama(TOKENIZER, seed=0),
+        args=args,
+        train_dataset=prompt_completion_data(40),
+        processing_class=TOKENIZER,
+    )
+    trainer.train(resume_from_checkpoint=True if cli.resume else None)
+    trainer.save_model(os.path.join(cli.out, "final"))
+
+
+if __name__ == "__main__":
+    main()

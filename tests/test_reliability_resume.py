@@ -1,0 +1,77 @@
+"""Interrupt and resume with real SIGKILLs: the resumed run ends with the uninterrupted run's parameters."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from psft.checkpoint import publish
+
+SCRIPT = Path(__file__).with_name("resume_run.py")
+
+
+def run(out, *flags):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), *flags], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def final_params(out):
+    return load_file(out / "final" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = run(out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return final_params(out)
+
+
+def test_sigkill_while_saving_inside_a_rollout_then_resume_gives_the_same_parameters(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    # checkpoints every 3 steps, rollouts of K = 4 from step 0: killed while writing checkpoint-9 (inside the
+    # rollout [8, 10)); the last good checkpoint, checkpoint-6, is two steps into the rollout [4, 8).
+    killed = run(out, "--kill-saving", "9")
+    assert killed.returncode == -9
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert (out / "tmp-checkpoint-9").is_dir()  # the half-written one is invisible to resume_from_checkpoint
+    state = torch.load(out / "checkpoint-6" / "psft_rollout_state_0.pt", weights_only=True)
+    assert len(state["pending"]) == 2 and state["pending"][0][0][1] is not None
+    resumed = run(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming training from checkpoint" in resumed.stderr or (out / "checkpoint-16").is_dir()
+    assert not (out / "tmp-checkpoint-9").exists()
+    after = final_params(out)
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(after[name], value, atol=0, rtol=0, msg=name)
+
+
+def test_resuming_without_the_rollout_state_drifts_so_the_state_is_what_makes_it_exact(
+    tmp_path, uninterrupted
+):
+    out = tmp_path / "run"
+    assert run(out, "--kill-saving", "9").returncode == -9
+    (out / "checkpoint-6" / "psft_rollout_state_0.pt").unlink()
+    resumed = run(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "has no PSFT rollout state" in resumed.stderr
+    after = final_params(out)
+    assert max((after[k] - v).abs().max().item() for k, v in uninterrupted.items()) > 1e-3
+
+
+def test_publish_replaces_an_existing_checkpoint_and_leaves_no_staging(tmp_path):
+    staged = tmp_path / "tmp-checkpoint-4" / "checkpoint-4"
+    staged.mkdir(parents=True)
+    (staged / "weights").write_text("new")
+    final = tmp_path / "checkpoint-4"
+    final.mkdir()
+    (final / "weights").write_text("old")
+    publish(str(staged), str(final))
+    assert (final / "weights").read_text() == "new"
+    assert not (tmp_path / "tmp-checkpoint-4").exists()
