@@ -97,9 +97,16 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
     # ------------------------------------------------------------------ schedule
     def set_initial_training_values(self, args: TrainingArguments, dataloader: Any) -> tuple:
         """With `rollout_epochs` E > 1 each mini-batch is used E times: scale the Trainer's step counts."""
+        if has_length(dataloader) and len(dataloader) == 0:
+            raise UserError(
+                "the training data is smaller than one batch of per_device_train_batch_size x processes with "
+                "dataloader_drop_last=true: add data, lower per_device_train_batch_size, or set "
+                "dataloader_drop_last=false"
+            )
         values = super().set_initial_training_values(args, dataloader)
         self._updates_per_epoch = values[1]
-        _check_rollout_fits(self.args, values[1], has_length(dataloader))
+        if has_length(dataloader):
+            _warn_if_rollouts_are_cut(self.args, values[1])
         epochs = self.args.rollout_epochs
         if epochs == 1 or not has_length(dataloader):
             return values
@@ -366,16 +373,9 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         super().log(logs, start_time)
 
 
-def _check_rollout_fits(args: PSFTConfig, updates_per_epoch: int, sized: bool) -> None:
-    """A dataset too small for one optimizer step is an error; one smaller than a rollout makes rollouts
-    shorter than K (cut at each epoch's end), so PSFT's trust region has fewer steps to act on: a warning."""
-    if not sized:
-        return
-    if updates_per_epoch == 0:
-        raise UserError(
-            "the training data is smaller than one batch of per_device_train_batch_size x processes with "
-            "dataloader_drop_last=true: add data, lower per_device_train_batch_size, or set dataloader_drop_last=false"
-        )
+def _warn_if_rollouts_are_cut(args: PSFTConfig, updates_per_epoch: int) -> None:
+    """An epoch shorter than a rollout cuts every rollout to fewer than K steps (at the epoch's end), so the
+    trust region has fewer steps to act on; with one step per epoch PSFT is SFT."""
     k = args.mini_batches_per_rollout
     partial = args.rollout_epochs == 1 and updates_per_epoch < k
     if partial and args.needs_old_log_probs and args.old_policy == "rollout":
