@@ -85,7 +85,10 @@ def main(argv: list[str]) -> int:
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the last checkpoint in output_dir
+        resume = True
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Saved the model to {training_args.output_dir}")
     trainer.end()
