@@ -202,8 +202,11 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         return OLD_LOG_PROBS in self.loss_spec.tensors
 
     def _old_log_probs(self, micro_batch: dict[str, Any]) -> Tensor:
-        """The current model's per-token log-probs on one micro-batch: the old policy's, at rollout start."""
-        return self._log_probs(self.model_wrapped, micro_batch)
+        """The current model's per-token log-probs on one micro-batch: the old policy's, at rollout start.
+
+        `self.model`, not the DDP wrapper: a no-grad forward needs no gradient hooks or buffer broadcast
+        (FSDP2 and ZeRO-3 gather parameters on the module itself, which `self.model` is for them)."""
+        return self._log_probs(self.model, micro_batch)
 
     @torch.no_grad()
     def _log_probs(
@@ -245,7 +248,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         """The reference (initial) model's per-token log-probs on one micro-batch."""
         if self.reference == "adapter":
             with self.accelerator.unwrap_model(self.model).disable_adapter():
-                return self._log_probs(self.model_wrapped, micro_batch)
+                return self._log_probs(self.model, micro_batch)
         if self.reference == "copy":
             return self._log_probs(self._ref_model, micro_batch)
         if self._ref_table is None:
@@ -272,7 +275,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             loader, description="Reference log-probs", disable=not self.is_world_process_zero()
         ):
             batch = self._prepare_inputs(batch)
-            table.add(batch, self._log_probs(self.model_wrapped, batch, labels=labels_for_every_token(batch)))
+            table.add(batch, self._log_probs(self.model, batch, labels=labels_for_every_token(batch)))
         if self.is_world_process_zero():
             path.parent.mkdir(parents=True, exist_ok=True)
             table.save(path)
