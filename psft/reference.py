@@ -9,6 +9,7 @@ Memory: one float per training token (4 bytes), far below a second copy of the m
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -78,7 +79,11 @@ class ReferenceTable:
             self.add(batch, log_probs_fn(batch))
 
     def save(self, path: str | Path) -> None:
-        torch.save(self.rows, path)
+        """Write atomically: a crash mid-save leaves the previous file (or none), never a torn one."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(self.rows, partial)
+        os.replace(partial, path)
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceTable:

@@ -260,3 +260,40 @@ def test_packing_trains_with_psft(tmp_path):
     trainer.train()
     logs = [log for log in trainer.state.log_history if "nll" in log]
     assert logs[0]["ratio/mean"] == pytest.approx(1.0) and logs[-1]["ratio/mean"] != pytest.approx(1.0)
+
+
+def test_old_log_probs_of_a_packed_row_equal_each_sequence_scored_alone(tmp_path):
+    trainer = make_trainer(
+        tmp_path, data=prompt_completion_data(16), packing=True, max_length=64, max_steps=1
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    packed = trainer._old_log_probs(batch)[0]
+    positions, ids, labels = batch["position_ids"][0], batch["input_ids"][0], batch["labels"][0]
+    starts = (positions == 0).nonzero().flatten().tolist() + [positions.numel()]
+    assert len(starts) > 3  # several sequences share the row
+    model = trainer.model.eval()
+    for start, end in zip(starts[:-1], starts[1:], strict=True):
+        with torch.no_grad():
+            alone = model(input_ids=ids[None, start:end], labels=labels[None, start:end], fused_lm_head=True)
+        torch.testing.assert_close(packed[start : end - 1], alone.log_probs[0], atol=1e-5, rtol=1e-5)
+        # the position that would score the next sequence's first token is not a loss token
+        assert end == positions.numel() or packed[end - 1] == 0
+
+
+def test_psft_keeps_no_second_model(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, mini_batches_per_rollout=2)
+    trainer.train()
+    # the old policy lives as per-token log-probs: the only module the trainer holds is the model itself
+    modules = {name for name, value in vars(trainer).items() if isinstance(value, torch.nn.Module)}
+    assert modules <= {"model", "model_wrapped"} and trainer.model_wrapped is trainer.model
+    assert trainer._ref_model is None and trainer._ref_table is None
+
+
+@pytest.mark.parametrize("options", [{"gradient_checkpointing": True}, {"bf16": True}])
+def test_memory_options_work_with_the_old_policy_pass(tmp_path, options):
+    trainer = make_trainer(tmp_path, max_steps=4, mini_batches_per_rollout=2, learning_rate=2e-2, **options)
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "ratio/mean" in log]
+    assert [log["rollout"] for log in logs] == [1, 1, 2, 2]
+    assert all(torch.isfinite(torch.tensor(log["loss"])) for log in logs)
+    assert logs[0]["ratio/mean"] == 1.0 and logs[1]["ratio/mean"] != 1.0
