@@ -1,0 +1,195 @@
+"""PSFT (K optimizer steps per rollout) against SFT through the real `PSFTTrainer`: step time, the no-grad
+forward, the floor `1 + (K-1)/K * t_fwd/t_sft`, and peak memory. Prints one JSON object.
+
+    python benchmarks/bench_psft.py --size medium
+
+Timing runs in this process: one SFT (K = 1) and one PSFT trainer, built from the same model, data and
+seed, trained in alternating rounds (`trainer.train()` of whole rollouts each, the first rollout of every
+round discarded as warm-up). A step's time is the mean over a whole rollout of the wall time between
+optimizer-step ends, so PSFT's old-policy pass in `get_batch_samples` is amortised over its K steps; the
+reported time is the median over rollouts. Memory is measured in fresh subprocesses, one per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import (  # noqa: E402
+    SIZES,
+    PeakMemory,
+    StepTimes,
+    make_data,
+    make_model,
+    make_trainer,
+    median,
+    num_params,
+    per_step_over_rollouts,
+    spread,
+    sync,
+)
+from fwd_modes import FORWARD_MODES, trainer_pass  # noqa: E402
+
+
+def micro_batch(trainer: Any) -> dict[str, Any]:
+    """One training micro-batch as the trainer's dataloader yields it."""
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def time_call(fn: Any, reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out: str) -> dict[str, Any]:
+    """Interleaved rounds of SFT and PSFT training, plus the standalone no-grad forward in each of its modes."""
+    model = make_model(size)
+    steps = rollouts * k
+    data = make_data(size, rows=steps * batch)
+    trainers = {kind: make_trainer(kind, model, data, batch, steps, k, out) for kind in ("sft", "psft")}
+    timers = {kind: StepTimes() for kind in trainers}
+    for kind, trainer in trainers.items():
+        trainer.add_callback(timers[kind])
+    psft = trainers["psft"]
+    old_pass_times: list[float] = []
+    name = "_log_probs" if hasattr(psft, "_log_probs") else "_old_log_probs"
+    original_old = getattr(psft, name)
+
+    def timed_old(*args: Any, **kwargs: Any) -> torch.Tensor:
+        start = time.perf_counter()
+        result = original_old(*args, **kwargs)
+        sync()
+        old_pass_times.append(time.perf_counter() - start)
+        return result
+
+    setattr(psft, name, timed_old)  # instance attribute: records the old-policy passes made in training
+    mb = micro_batch(psft)
+    per_step: dict[str, list[float]] = {kind: [] for kind in trainers}
+    fwd: dict[str, list[float]] = {name: [] for name in FORWARD_MODES}
+    for r in range(rounds):
+        order = ["sft", "psft"] if r % 2 == 0 else ["psft", "sft"]
+        for kind in order:
+            timers[kind].times = []
+            trainers[kind].train()
+            per_step[kind] += per_step_over_rollouts(timers[kind].times, k)
+        names = list(FORWARD_MODES) if r % 2 == 0 else list(reversed(FORWARD_MODES))
+        for name in names:
+            fn = FORWARD_MODES[name]
+            fn(psft, mb)  # warm-up
+            fwd[name] += time_call(lambda fn=fn: fn(psft, mb), max(k - 1, 1))
+    t_sft, t_psft, t_fwd = median(per_step["sft"]), median(per_step["psft"]), median(fwd["trainer"])
+    ratio = t_psft / t_sft
+    floor = 1 + (k - 1) / k * t_fwd / t_sft
+    tokens = batch * (SIZES[size].prompt_len + SIZES[size].completion_len)
+    return {
+        "params": num_params(model),
+        "tokens_per_step": tokens,
+        "t_sft": t_sft,
+        "t_psft": t_psft,
+        "t_fwd": t_fwd,
+        "t_old_in_trainer": median(old_pass_times),
+        "ratio": ratio,
+        "floor": floor,
+        "ratio_over_floor": ratio / floor,
+        "noise": {
+            "sft": spread(per_step["sft"]),
+            "psft": spread(per_step["psft"]),
+            "fwd": spread(fwd["trainer"]),
+        },
+        "per_rollout": {kind: [round(t, 4) for t in v] for kind, v in per_step.items()},
+        "fwd_modes": {name: median(ts) / t_fwd for name, ts in fwd.items()},
+        "floor_with_best_fwd": 1 + (k - 1) / k * min(median(ts) for ts in fwd.values()) / t_sft,
+    }
+
+
+def probe(size: str, batch: int, kind: str, k: int, rollouts: int, out: str) -> dict[str, float]:
+    """Peak memory of one variant in this (fresh) process: training for `kind` in ("sft", "psft"), or the
+    old-policy pass alone over K - 1 micro-batches for "old"."""
+    model = make_model(size)
+    steps = rollouts * k
+    data = make_data(size, rows=steps * batch)
+    trainer = make_trainer("psft" if kind == "old" else kind, model, data, batch, steps, k, out)
+    del model
+    if kind == "old":
+        mb = micro_batch(trainer)
+        with PeakMemory() as mem:
+            olds = [trainer_pass(trainer, mb) for _ in range(k - 1)]
+        del olds
+    else:
+        with PeakMemory() as mem:
+            trainer.train()
+    return {"base_mb": mem.base, "peak_mb": mem.peak, "added_mb": mem.added}
+
+
+def run_probe(size: str, batch: int, kind: str, k: int, rollouts: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--size", size, "--batch", str(batch), "--k", str(k)]
+    cmd += ["--rollouts", str(rollouts)]
+    result = subprocess.run(cmd + ["--probe", kind], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(size: str, batch: int, k: int, rollouts: int) -> dict[str, float]:
+    sft, psft, old = (run_probe(size, batch, kind, k, rollouts) for kind in ("sft", "psft", "old"))
+    s = SIZES[size]
+    logits_mb = batch * (s.prompt_len + s.completion_len) * s.vocab * 4 / 2**20
+    return {
+        "sft_peak_mb": sft["peak_mb"],
+        "psft_peak_mb": psft["peak_mb"],
+        "peak_ratio": psft["peak_mb"] / sft["peak_mb"],
+        "sft_added_mb": sft["added_mb"],
+        "psft_added_mb": psft["added_mb"],
+        "added_ratio": psft["added_mb"] / max(sft["added_mb"], 1e-9),
+        "old_pass_added_mb": old["added_mb"],
+        "full_logits_mb": logits_mb,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--batch", type=int, help="micro-batch size (default: the size's)")
+    parser.add_argument("--k", type=int, default=8, help="PSFT mini-batches per rollout")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating SFT/PSFT rounds")
+    parser.add_argument("--rollouts", type=int, default=3, help="rollouts per round (the first is warm-up)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument("--smoke", action="store_true", help="tiny size, one short round: checks it runs")
+    parser.add_argument("--probe", choices=["sft", "psft", "old"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.batch, args.k, args.rounds, args.rollouts = "tiny", 4, 4, 1, 2
+    args.batch = args.batch or SIZES[args.size].batch
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as out:
+        if args.probe:
+            report = probe(args.size, args.batch, args.probe, args.k, args.rollouts, out)
+        else:
+            report = {
+                "size": args.size,
+                "k": args.k,
+                "device": "cuda" if torch.cuda.is_available() else "cpu",
+                "threads": torch.get_num_threads(),
+                "rounds": args.rounds,
+                "batch": args.batch,
+                **measure_time(args.size, args.batch, args.k, args.rounds, args.rollouts, out),
+                "memory": measure_memory(args.size, args.batch, args.k, args.rollouts),
+            }
+    print(json.dumps(report, indent=None if args.probe else 2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

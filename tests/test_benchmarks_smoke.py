@@ -1,0 +1,52 @@
+"""The benchmark scripts still run: each one's `--smoke` mode (tiny model, a few steps) prints well-formed JSON.
+
+This checks the scripts, not the numbers: timings on a shared CI machine mean nothing.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_smoke(script: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def assert_positive_numbers(report: dict, keys: list[str]) -> None:
+    for key in keys:
+        assert isinstance(report[key], float) and report[key] > 0, (key, report[key])
+
+
+@pytest.mark.slow
+def test_bench_psft_smoke():
+    report = run_smoke("bench_psft.py")
+    assert report["size"] == "tiny"
+    assert_positive_numbers(report, ["t_sft", "t_psft", "t_fwd", "ratio", "floor", "ratio_over_floor"])
+    k = report["k"]
+    assert report["floor"] == pytest.approx(1 + (k - 1) / k * report["t_fwd"] / report["t_sft"])
+    assert report["ratio_over_floor"] == pytest.approx(report["ratio"] / report["floor"])
+    assert set(report["fwd_modes"]) >= {"trainer", "inference_mode", "log_probs_only", "full_logits"}
+    memory = report["memory"]
+    for key in ("sft_peak_mb", "psft_peak_mb", "peak_ratio", "old_pass_added_mb", "full_logits_mb"):
+        assert memory[key] > 0, key
+
+
+@pytest.mark.slow
+def test_bench_vs_trl_smoke():
+    report = run_smoke("bench_vs_trl.py")
+    assert report["size"] == "tiny"
+    assert_positive_numbers(report, ["t_ours", "t_trl", "tokens_per_s_ours", "tokens_per_s_trl", "ratio"])
+    assert report["ratio"] == pytest.approx(report["t_trl"] / report["t_ours"])
+    assert len(report["ratio_per_round"]) == report["rounds"]
