@@ -15,8 +15,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 
@@ -100,34 +98,3 @@ def builtin_model_path() -> str:
 def resolve_model_name(name: str) -> str:
     """`"psft/tiny-base"` -> the shipped model's directory; any other name or path is returned unchanged."""
     return builtin_model_path() if name == BUILTIN_MODEL_NAME else name
-
-
-@torch.no_grad()
-def greedy_generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    max_new_tokens: int = 32,
-    batch_size: int = 64,
-) -> list[str]:
-    """Greedy answers to single-turn user prompts, batched with left padding; special tokens stripped."""
-    was_training = model.training
-    model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    answers: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-                )
-                for p in prompts[start : start + batch_size]
-            ]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-            new = out[:, batch["input_ids"].shape[1] :]
-            answers += tokenizer.batch_decode(new, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return answers

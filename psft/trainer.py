@@ -345,7 +345,9 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             self._ratio_max = torch.maximum(self._ratio_max, metrics["ratio"][mask.bool()].max())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.model.training and self._sums:
+        """Add the objective's metrics to the Trainer's logging-step entries (those with the training `loss`);
+        other entries (evaluation, callbacks) pass through untouched."""
+        if self.model.training and "loss" in logs and self._sums:
             names = sorted(self._sums)
             totals = torch.stack([self._sums[name].float() for name in names])
             ratio_max = self._ratio_max.clone()

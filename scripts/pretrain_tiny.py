@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from psft.eval.checkers import get_checker
+from psft.eval.generate import generate as decode
 from psft.tasks import GENERAL_TASKS, TASKS, generate, split_of
-from psft.tiny import greedy_generate, make_char_tokenizer, make_tiny_llama
+from psft.tiny import make_char_tokenizer, make_tiny_llama
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "psft" / "assets" / "tiny-base"
 
@@ -91,7 +92,8 @@ def accuracy(model, tokenizer, n: int, seed: int) -> dict[str, float]:
     result = {}
     for task in GENERAL_TASKS:
         examples = generate(task, n, seed=seed, split="test")
-        outputs = greedy_generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=32)
+        chats = [[{"role": "user", "content": e.prompt}] for e in examples]
+        outputs = [outs[0] for outs in decode(model, tokenizer, chats, max_new_tokens=32)]
         hits = [bool(get_checker(e.checker)(o, e.answer)) for e, o in zip(examples, outputs, strict=True)]
         result[task] = sum(hits) / len(hits)
     return result

@@ -9,11 +9,11 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from psft.eval.checkers import get_checker
+from psft.eval.generate import generate as decode
 from psft.tasks import GENERAL_TASKS, IN_DOMAIN_TASK, generate
 from psft.tiny import (
     BUILTIN_MODEL_NAME,
     builtin_model_path,
-    greedy_generate,
     make_char_tokenizer,
     resolve_model_name,
 )
@@ -33,9 +33,8 @@ def base():
 def _accuracy(model, tokenizer, task: str, n: int = 100) -> float:
     """Greedy accuracy on the first `n` of the held-out problems that metrics.json was measured on."""
     examples = generate(task, n, seed=0, split="test")
-    outputs = greedy_generate(
-        model, tokenizer, [e.prompt for e in examples], max_new_tokens=24, batch_size=128
-    )
+    chats = [[{"role": "user", "content": e.prompt}] for e in examples]
+    outputs = [outs[0] for outs in decode(model, tokenizer, chats, max_new_tokens=24)]
     return sum(bool(get_checker(e.checker)(o, e.answer)) for e, o in zip(examples, outputs, strict=True)) / n
 
 
@@ -70,14 +69,6 @@ def test_shipped_model_solves_each_general_task(base, task):
 def test_in_domain_task_is_new_to_the_base_model(base):
     model, tokenizer = base
     assert _accuracy(model, tokenizer, IN_DOMAIN_TASK) <= 0.2
-
-
-def test_left_padded_batches_give_the_same_greedy_answers_as_one_by_one(base):
-    model, tokenizer = base
-    prompts = [generate(task, 1, seed=5, split="test")[0].prompt for task in ("upper", "length", "json")]
-    assert len({len(p) for p in prompts}) == 3  # different lengths, so the batch is padded
-    batched = greedy_generate(model, tokenizer, prompts, max_new_tokens=24)
-    assert batched == [greedy_generate(model, tokenizer, [p], max_new_tokens=24)[0] for p in prompts]
 
 
 def test_metrics_file_records_the_pretraining_accuracy():

@@ -100,6 +100,8 @@ _CACHE: dict[str, Checker] = {}
 def get_checker(name: str) -> Checker:
     """The checker registered as `name` (one shared instance per name); UserError if unknown."""
     if name not in _REGISTRY:
+        import psft.tasks  # noqa: F401  (registers the built-in suite's checkers, e.g. json_answer)
+    if name not in _REGISTRY:
         raise UserError(f"unknown checker {name!r}; registered: {', '.join(list_checkers())}")
     if name not in _CACHE:
         _CACHE[name] = _REGISTRY[name]()
