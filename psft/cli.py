@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("psft.eval.cli", "evaluate a model: accuracy (avg@n, pass@n), lm-eval tasks, drift from its base"),
     "compare": ("psft.compare", "run several methods on one config and report accuracy, entropy, drift, plots"),
     "demo": ("psft.demo", "compare SFT and PSFT on the built-in tiny model and task suite (CPU, no download)"),
+    "rl": ("psft.rl", "RL (TRL's GRPO, checker rewards) after fine-tuning; chain SFT->RL vs PSFT->RL"),
 }
 
 
