@@ -116,8 +116,8 @@ class CompareConfig:
 
 def quick(config: CompareConfig) -> CompareConfig:
     """A small version of `config` for tests and a first look: fewer prompts, steps and methods."""
-    config.eval_size = min(config.eval_size, 12)
-    config.max_new_tokens = min(config.max_new_tokens, 40)
+    config.eval_size = min(config.eval_size, 8)
+    config.max_new_tokens = min(config.max_new_tokens, 32)
     config.training = {**config.training, "num_train_epochs": 1, "max_steps": 12}
     config.methods = config.methods[:2]
     config.eval_every = 12  # at the start and the end
@@ -289,7 +289,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
             "-" if clip is None else f"{clip:.3f}",
             "-" if last.get("drift_kl") is None else f"{last['drift_kl']:.4f}",
         )
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
 
 
 def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
