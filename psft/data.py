@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
@@ -213,3 +215,13 @@ def _formats_help() -> str:
 def _first_line(err: BaseException) -> str:
     cause = err.__cause__ or err
     return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write one JSON object per line (UTF-8), creating the parent directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path

@@ -8,7 +8,6 @@ fraction of prompts with at least one correct completion. Standard errors are ov
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from psft.data import write_jsonl
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.eval.records import EvalRecord, load_records, render_prompt
@@ -200,12 +200,3 @@ def evaluate_generation(
     if samples_path is not None:
         write_jsonl(samples, samples_path)
     return result
-
-
-def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> None:
-    """One JSON object per line; creates parent directories."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -11,10 +11,9 @@ is related but new to it, and its training set is small and fixed, to be trained
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from pathlib import Path
 
+from psft.data import write_jsonl
 from psft.errors import UserError
 from psft.tasks import checks  # noqa: F401  (registers the suite's checkers)
 from psft.tasks.arith import sample_arith
@@ -67,16 +66,6 @@ def to_record(example: Example, fmt: str = "messages") -> dict:
     else:
         raise UserError(f"unknown record format {fmt!r}; choose one of {FORMATS}")
     return record | {"task": example.task, "answer": example.answer, "checker": example.checker}
-
-
-def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
-    """Write one JSON object per line, creating the parent directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
 
 
 def write_suite(
