@@ -227,29 +227,34 @@ def _train_summary(log_history: list[dict[str, Any]], seconds: float) -> dict[st
     }
 
 
+def _names(names: str | list[str]) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
 def run_rl_stage(
     checkpoints: dict[str, str],
     args: RLConfig,
     train_data: str = "psft/arith",
     *,
-    in_domain: str = "psft/arith",
-    out_of_domain: str = "psft/general",
+    in_domain: str | list[str] = "psft/arith",
+    out_of_domain: str | list[str] = "psft/general",
     eval_limit: int = 50,
     max_new_tokens: int = 64,
     eval_batch_size: int = 32,
     report_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """The same RL run (`args`, `train_data`) from each named checkpoint, into `args.output_dir/NAME`, with
-    in-domain and out-of-domain accuracy and entropy before and after it. Returns the report, also written
-    as JSON to `report_path` (default `args.output_dir/rl_report.json`) after each checkpoint."""
+    in-domain and out-of-domain accuracy and entropy before and after it (each evaluation set: one data name
+    or a list, test split, `eval_limit` prompts per task). Returns the report, also
+    written as JSON to `report_path` (default `args.output_dir/rl_report.json`) after each checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not checkpoints:
         raise UserError("no checkpoints to run RL from")
     train = load_rl_dataset(train_data, "train", args.default_checker)
     sets = {
-        "in_domain": load_data_rows(in_domain, "test", eval_limit),
-        "out_of_domain": load_data_rows(out_of_domain, "test", eval_limit),
+        group: [row for name in _names(names) for row in load_data_rows(name, "test", eval_limit)]
+        for group, names in (("in_domain", in_domain), ("out_of_domain", out_of_domain))
     }
     path = Path(report_path or Path(args.output_dir) / "rl_report.json")
     evaluate = dict(

@@ -141,7 +141,7 @@ def test_chain_runs_rl_from_each_checkpoint_and_reports_before_and_after(
     assert (args.loss_type, args.epsilon_high, args.beta) == ("dapo", 0.28, 0.0)
     report = run_rl_stage(
         {"a": str(tiny_model_dir), "b": str(tiny_model_dir)}, args, str(regex_data),
-        in_domain=str(regex_data), out_of_domain="psft/general", eval_limit=1, max_new_tokens=4,
+        in_domain=[str(regex_data)], out_of_domain="psft/general", eval_limit=1, max_new_tokens=4,
     )  # fmt: skip
     saved = json.loads((tmp_path / "rl" / "rl_report.json").read_text())
     assert saved["methods"].keys() == {"a", "b"} and saved["rl"]["epsilon_high"] == 0.28
