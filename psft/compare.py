@@ -7,7 +7,7 @@ out-of-domain, drift from the base) by `psft.eval.EvalCallback`, and the results
 terminal table and PNG plots: entropy and clip ratio over training, the in-domain vs out-of-domain
 trade-off of every checkpoint of every run (the Pareto view), and drift.
 
-    psft compare --config compare.yaml [--output_dir DIR] [--quick]
+    psft compare --config compare.yaml [--output_dir DIR] [--quick] [--rl RL_YAML]   # RL: see psft.rl
     psft demo [--quick] [--output_dir DIR]      # compare on the built-in tiny model and task suite
 """
 
@@ -69,6 +69,7 @@ class CompareConfig:
     training: dict[str, Any] = field(default_factory=lambda: dict(DEMO_TRAINING))  # shared PSFTConfig fields
     output_dir: str = "runs/compare"
     seed: int = 0
+    save_models: bool = False  # save each method's final model in its run directory (`--rl` sets it)
 
     @classmethod
     def from_yaml(cls, path: str) -> CompareConfig:
@@ -194,6 +195,8 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
     ).attach(trainer)
     start = time.time()
     trainer.train()
+    if config.save_models:
+        trainer.save_model(str(out_dir))
     del callback
     in_tasks = sorted({r["task"] for r in in_domain})
     out_tasks = sorted({r["task"] for r in general})
@@ -298,6 +301,11 @@ def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
         parser.add_argument("--config", required=True, help="YAML file with CompareConfig fields")
     parser.add_argument("--output_dir", help="where runs, report.json and plots go")
     parser.add_argument("--quick", action="store_true", help="a small run (about 2 minutes on a laptop CPU)")
+    parser.add_argument(
+        "--rl",
+        metavar="RL_YAML",
+        help="then the same RL run (psft rl fields) from every method, into OUTPUT_DIR/rl",
+    )
     return parser
 
 
@@ -319,5 +327,25 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
         config.output_dir = args.output_dir
     if args.quick:
         config = quick(config)
+    rl = None
+    if args.rl:  # SFT->RL vs PSFT->RL: the same RL budget from each method's final model
+        from psft.rl import format_report, load_rl_config, run_rl_stage
+
+        rl = load_rl_config(args.rl, str(Path(config.output_dir) / "rl"))
+        config.save_models = True
     compare(config)
+    if rl is not None:
+        rl_args, rl_config = rl
+        out = Path(config.output_dir)
+        report = run_rl_stage(
+            {run["name"]: str(out / _safe(run["name"])) for run in config.runs()},
+            rl_config,
+            rl_args.dataset_name,
+            in_domain=config.in_domain,
+            out_of_domain=config.out_of_domain or "psft/general",
+            eval_limit=config.eval_size,
+            max_new_tokens=config.max_new_tokens,
+            eval_batch_size=rl_args.eval_batch_size,
+        )
+        print(format_report(report))
     return 0

@@ -315,6 +315,15 @@ def parse_checkpoints(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def load_rl_config(path: str, output_dir: str) -> tuple[RLArguments, RLConfig]:
+    """`psft rl` settings from a YAML file, with `output_dir` set: for `psft compare --rl`, checked before
+    any fine-tuning runs."""
+    rl_args, config, _ = make_parser().parse_args_and_config(
+        args=["--config", path, "--output_dir", output_dir]
+    )
+    return rl_args, config
+
+
 def make_parser() -> TrlParser:
     """The argument parser of `psft rl` (also reads `--config FILE.yaml`)."""
     return TrlParser((RLArguments, RLConfig, ModelConfig), prog="psft rl")

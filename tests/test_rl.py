@@ -175,3 +175,32 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no model: set model_name_or_path" in capsys.readouterr().err
     with pytest.raises(UserError, match="NAME=PATH"):
         parse_checkpoints(["runs/sft"])
+
+
+def test_compare_rl_chains_the_same_rl_run_from_every_fine_tuned_method(tmp_path, tiny_model_dir, regex_data):
+    compare = dict(
+        model=str(tiny_model_dir),
+        train_data="psft/arith",
+        out_of_domain=["psft/upper"],
+        eval_size=2,
+        eval_every=2,
+        max_new_tokens=4,
+        methods=[{"name": "sft", "loss_type": "sft"}, {"name": "psft", "loss_type": "psft"}],
+        training={
+            "per_device_train_batch_size": 4,
+            "max_steps": 2,
+            "mini_batches_per_rollout": 2,
+            "use_cpu": True,
+        },
+    )
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump(compare))
+    (tmp_path / "rl.yaml").write_text(yaml.safe_dump(rl_fields("ignored", dataset_name=str(regex_data))))
+    argv = ["compare", "--config", str(tmp_path / "compare.yaml"), "--output_dir", str(tmp_path / "cmp")]
+    assert main(argv + ["--rl", str(tmp_path / "rl.yaml")]) == 0
+    report = json.loads((tmp_path / "cmp" / "rl" / "rl_report.json").read_text())
+    assert report["methods"].keys() == {"sft", "psft"}
+    for name in ("sft", "psft"):
+        assert report["methods"][name]["checkpoint"] == str(tmp_path / "cmp" / name)
+        assert report["methods"][name]["rl_train"]["steps"] == 2
+        assert report["methods"][name]["before_rl"]["out_of_domain"]["num_prompts"] == 2
+        assert (tmp_path / "cmp" / "rl" / name / "model.safetensors").is_file()
