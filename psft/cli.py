@@ -11,9 +11,18 @@ from psft.errors import UserError
 # command -> (module with `main(argv)`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("psft.train", "fine-tune a model with PSFT, SFT or another registered loss"),
-    "eval": ("psft.eval.cli", "evaluate a model: accuracy (avg@n, pass@n), lm-eval tasks, drift from its base"),
-    "compare": ("psft.compare", "run several methods on one config and report accuracy, entropy, drift, plots"),
-    "demo": ("psft.demo", "compare SFT and PSFT on the built-in tiny model and task suite (CPU, no download)"),
+    "eval": (
+        "psft.eval.cli",
+        "evaluate a model: accuracy (avg@n, pass@n), lm-eval tasks, drift from its base",
+    ),
+    "compare": (
+        "psft.compare",
+        "run several methods on one config and report accuracy, entropy, drift, plots",
+    ),
+    "demo": (
+        "psft.demo",
+        "compare SFT and PSFT on the built-in tiny model and task suite (CPU, no download)",
+    ),
     "rl": ("psft.rl", "RL (TRL's GRPO, checker rewards) after fine-tuning; chain SFT->RL vs PSFT->RL"),
 }
 

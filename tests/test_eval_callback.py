@@ -18,8 +18,12 @@ DRIFT_TEXTS = ["some held-out text", "and another line of it"]
 
 def _callback(tmp_path) -> EvalCallback:
     return EvalCallback(
-        make_char_tokenizer(), every_n_steps=3, data=EVAL_ROWS, drift_texts=DRIFT_TEXTS,
-        generation_kwargs={"max_new_tokens": 6}, output_dir=tmp_path / "evals",
+        make_char_tokenizer(),
+        every_n_steps=3,
+        data=EVAL_ROWS,
+        drift_texts=DRIFT_TEXTS,
+        generation_kwargs={"max_new_tokens": 6},
+        output_dir=tmp_path / "evals",
     )
 
 
@@ -40,8 +44,16 @@ def test_callback_with_plain_trainer(tmp_path):
     model = make_tiny_llama(tok)
     ids = [tok("hello world " * 2)["input_ids"]] * 16
     data = Dataset.from_dict({"input_ids": ids, "labels": ids})
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=7, per_device_train_batch_size=4,
-                             learning_rate=1e-2, report_to=[], save_strategy="no", logging_steps=100, use_cpu=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=7,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=100,
+        use_cpu=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data)
     callback = _callback(tmp_path).attach(trainer)
     assert callback in trainer.callback_handler.callbacks
@@ -52,12 +64,27 @@ def test_callback_with_plain_trainer(tmp_path):
 def test_callback_with_trl_sft_trainer(tmp_path):
     tok = make_char_tokenizer()
     model = make_tiny_llama(tok)
-    rows = [{"prompt": chat(p), "completion": [{"role": "assistant", "content": a}]} for p, a in ANSWERS.items()]
-    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=7, per_device_train_batch_size=4, learning_rate=1e-2,
-                     report_to=[], save_strategy="no", logging_steps=100, use_cpu=True)
+    rows = [
+        {"prompt": chat(p), "completion": [{"role": "assistant", "content": a}]} for p, a in ANSWERS.items()
+    ]
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=7,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=100,
+        use_cpu=True,
+    )
     callback = _callback(tmp_path)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows * 4), processing_class=tok,
-                         callbacks=[callback])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows * 4),
+        processing_class=tok,
+        callbacks=[callback],
+    )
     callback.attach(trainer)
     assert trainer.callback_handler.callbacks.count(callback) == 1
     trainer.train()

@@ -25,7 +25,9 @@ def test_math_checker_passes_the_gold_answer_first(monkeypatch):
     import math_verify
 
     calls = []
-    monkeypatch.setattr(math_verify, "verify", lambda gold, answer, **kw: calls.append((gold, answer)) or True)
+    monkeypatch.setattr(
+        math_verify, "verify", lambda gold, answer, **kw: calls.append((gold, answer)) or True
+    )
     get_checker("math")("\\boxed{7}", "3")
     [(gold, answer)] = calls
     assert str(gold[0]) == "3" and str(answer[0]) == "7"

@@ -11,7 +11,13 @@ from psft.errors import UserError
 from psft.eval.drift import compute_reference_stats, measure_drift
 from psft.tiny import make_char_tokenizer, make_tiny_llama
 
-TEXTS = ["the quick brown fox", "jumps over the lazy dog!", "a" * 30, "x", "PSFT keeps the model near its base."]
+TEXTS = [
+    "the quick brown fox",
+    "jumps over the lazy dog!",
+    "a" * 30,
+    "x",
+    "PSFT keeps the model near its base.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,9 @@ def brute_force(base, tuned, tok) -> tuple[float, float]:
 
 def test_drift_is_zero_for_the_base_itself(models, tmp_path):
     base, _, tok = models
-    stats = compute_reference_stats(base, tok, TEXTS, tmp_path / "s.safetensors", top_k=8, batch_size=2, chunk_size=4)
+    stats = compute_reference_stats(
+        base, tok, TEXTS, tmp_path / "s.safetensors", top_k=8, batch_size=2, chunk_size=4
+    )
     result = measure_drift(base, stats, batch_size=3, chunk_size=5)
     assert abs(result.kl) < 1e-5 and abs(result.logprob_change) < 1e-5
     assert result.num_tokens == sum(len(t) - 1 for t in TEXTS) and not result.exact
@@ -56,13 +64,16 @@ def test_drift_is_zero_for_the_base_itself(models, tmp_path):
 def test_exact_kl_equals_brute_force_and_top_k_is_a_lower_bound(models, tmp_path):
     base, tuned, tok = models
     kl, dlogp = brute_force(base, tuned, tok)
-    exact_stats = compute_reference_stats(base, tok, TEXTS, tmp_path / "all.safetensors", top_k=10_000,
-                                          batch_size=2, chunk_size=3)
+    exact_stats = compute_reference_stats(
+        base, tok, TEXTS, tmp_path / "all.safetensors", top_k=10_000, batch_size=2, chunk_size=3
+    )
     exact = measure_drift(tuned, exact_stats, batch_size=2, chunk_size=7)
     assert exact.exact and exact.top_k == len(tok)
     assert exact.kl == pytest.approx(kl, rel=1e-4) and exact.logprob_change == pytest.approx(dlogp, rel=1e-4)
     assert exact.kl > 1e-3 and exact.logprob_change != 0
-    approx = measure_drift(tuned, compute_reference_stats(base, tok, TEXTS, tmp_path / "k4.safetensors", top_k=4))
+    approx = measure_drift(
+        tuned, compute_reference_stats(base, tok, TEXTS, tmp_path / "k4.safetensors", top_k=4)
+    )
     assert 0 < approx.kl <= exact.kl + 1e-6
     assert approx.logprob_change == pytest.approx(dlogp, rel=1e-4)  # target log-probs are always exact
 

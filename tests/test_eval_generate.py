@@ -56,8 +56,9 @@ def test_accuracy_per_task_with_standard_error_and_jsonl_samples(memorizer, tmp_
         {"prompt": chat("xy"), "answer": "xy", "task": "rev"},  # the model says "yx": wrong
         {"prompt": chat("1/2?"), "answer": "1/2", "task": "math", "checker": "math"},
     ]
-    result = evaluate_generation(model, tok, rows, batch_size=3, max_new_tokens=30,
-                                 samples_path=tmp_path / "s.jsonl")
+    result = evaluate_generation(
+        model, tok, rows, batch_size=3, max_new_tokens=30, samples_path=tmp_path / "s.jsonl"
+    )
     rev, maths = result.tasks["rev"], result.tasks["math"]
     assert (rev.num_prompts, rev.avg, rev.pass_) == (3, pytest.approx(2 / 3), pytest.approx(2 / 3))
     assert rev.avg_stderr == pytest.approx(1 / 3)  # sd of (1, 1, 0) is sqrt(1/3), over sqrt(3)
@@ -66,7 +67,10 @@ def test_accuracy_per_task_with_standard_error_and_jsonl_samples(memorizer, tmp_
     assert result.metrics()["gen/rev/avg@1"] == pytest.approx(2 / 3)
     lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [(s["output"], s["correct"]) for s in lines] == [
-        ("cba", True), ("olleh", True), ("yx", False), ("\\boxed{0.5}", True)
+        ("cba", True),
+        ("olleh", True),
+        ("yx", False),
+        ("\\boxed{0.5}", True),
     ]
     assert lines[3]["checker"] == "math" and get_checker("math")(f"${lines[3]['extracted']}$", "0.5")
     assert lines[0]["prompt"].endswith("<|im_start|>assistant\n")
@@ -92,7 +96,9 @@ def test_right_padding_would_break_the_memorised_answers(memorizer):
     out = model.generate(input_ids=right, attention_mask=mask, max_new_tokens=12, do_sample=False)
     wrong = [tok.decode(o[width:], skip_special_tokens=True) for o in out]
     assert sum(w != a for w, a in zip(wrong, ANSWERS.values(), strict=True)) >= 2
-    assert [o[0] for o in generate(model, tok, [chat(p) for p in ANSWERS], max_new_tokens=12)] == list(ANSWERS.values())
+    assert [o[0] for o in generate(model, tok, [chat(p) for p in ANSWERS], max_new_tokens=12)] == list(
+        ANSWERS.values()
+    )
 
 
 def test_avg_and_pass_at_n_math():
@@ -106,7 +112,10 @@ def test_avg_and_pass_at_n_math():
 
 def test_sampling_n_per_prompt_is_seeded_and_leaves_the_global_rng_alone(random_model, tmp_path):
     model, tok = random_model
-    rows = [{"prompt": p, "answer": a, "task": t} for p, a, t in [("ab", "c", "x"), ("cd", "e", "x"), ("f", "g", "y")]]
+    rows = [
+        {"prompt": p, "answer": a, "task": t}
+        for p, a, t in [("ab", "c", "x"), ("cd", "e", "x"), ("f", "g", "y")]
+    ]
     kwargs = dict(n=4, temperature=1.0, top_p=0.95, max_new_tokens=1, batch_size=8, checker="regex")
     torch.manual_seed(123)
     expected_next = torch.rand(3)
@@ -121,10 +130,16 @@ def test_sampling_n_per_prompt_is_seeded_and_leaves_the_global_rng_alone(random_
     assert len(set(outputs)) > 3  # sampled, not greedy
     # avg@n / pass@n follow from the saved verdicts: score with a regex matching whatever was sampled
     for s in rows:
-        s["answer"] = "|".join(re.escape(o["output"].strip()) for o in first.samples if o["prompt"] == s["prompt"])
+        s["answer"] = "|".join(
+            re.escape(o["output"].strip()) for o in first.samples if o["prompt"] == s["prompt"]
+        )
     rows[2]["answer"] = "no"
     full = evaluate_generation(model, tok, rows, seed=5, **kwargs)
-    assert full.tasks["x"].avg == 1.0 and full.tasks["y"].avg == 0.0 and full.overall.pass_ == pytest.approx(2 / 3)
+    assert (
+        full.tasks["x"].avg == 1.0
+        and full.tasks["y"].avg == 0.0
+        and full.overall.pass_ == pytest.approx(2 / 3)
+    )
     assert set(full.metrics()) >= {"gen/avg@4", "gen/pass@4", "gen/x/avg@4", "gen/y/pass@4"}
 
 

@@ -112,13 +112,37 @@ def test_lm_eval_from_a_checkpoint_through_the_cli(memorizer, tmp_path, capsys):
     expected_gen, _ = write_tasks(tmp_path, model, tok)
     model.save_pretrained(tmp_path / "ckpt")
     tok.save_pretrained(tmp_path / "ckpt")
-    rc = psft_main(["eval", "--model", str(tmp_path / "ckpt"), "--lm-eval-tasks", "tiny_gen",
-                    "--lm-eval-include", str(tmp_path), "--output", str(tmp_path / "out"), "--device", "cpu"])
+    rc = psft_main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "ckpt"),
+            "--lm-eval-tasks",
+            "tiny_gen",
+            "--lm-eval-include",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["lm_eval"]["lm_eval/tiny_gen/exact_match"] == expected_gen
     direct = run_lm_eval(str(tmp_path / "ckpt"), ["tiny_gen"], include_path=tmp_path, device="cpu")
     assert lm_eval_metrics(direct)["lm_eval/tiny_gen/exact_match"] == expected_gen
-    rc = psft_main(["eval", "--model", str(tmp_path / "ckpt"), "--lm-eval-tasks", "tiny_gen",
-                    "--lm-eval-include", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")])
+    rc = psft_main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "ckpt"),
+            "--lm-eval-tasks",
+            "tiny_gen",
+            "--lm-eval-include",
+            str(tmp_path / "nowhere"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 2 and "lm-eval include path not found" in capsys.readouterr().err

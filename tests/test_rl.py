@@ -87,15 +87,6 @@ def test_entropy_of_a_uniform_model_is_log_vocab_size():
     assert entropy == pytest.approx(math.log(len(tokenizer)), rel=1e-5)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = make_char_tokenizer()
-    make_tiny_llama(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def regex_data(tmp_path):
     """Prompts whose reward (a regex checker) a random model earns on some samples and not on others."""

@@ -9,22 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from psft.cli import main
-from psft.data import load_sft_dataset
-from psft.tiny import make_char_tokenizer, make_tiny_llama
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = make_char_tokenizer()
-    make_tiny_llama(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+from psft.data import load_sft_dataset, write_jsonl
 
 
 def write_config(tmp_path, model_dir, data, **overrides):
@@ -56,7 +41,7 @@ def test_train_from_yaml_and_flags_on_a_local_jsonl_saves_a_trained_model(tmp_pa
         {"messages": [{"role": "user", "content": f"{i}*2"}, {"role": "assistant", "content": str(2 * i)}]}
         for i in range(16)
     ]
-    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    data = write_jsonl(rows, tmp_path / "train.jsonl")
     config = write_config(tmp_path, tiny_model_dir, data, assistant_only_loss=True)
     # a flag overrides the YAML
     assert main(["train", "--config", str(config), "--max_steps", "3"]) == 0

@@ -15,7 +15,19 @@ from psft.eval.generate import GenerationResult, TaskScore, evaluate_generation,
 from psft.eval.records import EvalRecord, load_records
 
 __all__ = [
-    "DriftResult", "EvalCallback", "EvalRecord", "GenerationResult", "TaskScore", "Verdict",
-    "compute_reference_stats", "evaluate_generation", "generate", "get_checker", "list_checkers",
-    "load_records", "measure_drift", "pass_at_k", "register_checker",
+    "DriftResult",
+    "EvalCallback",
+    "EvalRecord",
+    "GenerationResult",
+    "TaskScore",
+    "Verdict",
+    "compute_reference_stats",
+    "evaluate_generation",
+    "generate",
+    "get_checker",
+    "list_checkers",
+    "load_records",
+    "measure_drift",
+    "pass_at_k",
+    "register_checker",
 ]

@@ -29,10 +29,18 @@ class EvalCallback(TrainerCallback):
     """Every `every_n_steps` (and at the start / end if asked): generation accuracy and drift."""
 
     def __init__(
-        self, tokenizer, *, every_n_steps: int, data: str | list[dict[str, Any]] | None = None,
-        drift_texts: list[str] | None = None, drift_stats: str | Path | None = None,
-        eval_on_start: bool = True, eval_on_end: bool = True, generation_kwargs: dict[str, Any] | None = None,
-        drift_kwargs: dict[str, Any] | None = None, output_dir: str | Path | None = None,
+        self,
+        tokenizer,
+        *,
+        every_n_steps: int,
+        data: str | list[dict[str, Any]] | None = None,
+        drift_texts: list[str] | None = None,
+        drift_stats: str | Path | None = None,
+        eval_on_start: bool = True,
+        eval_on_end: bool = True,
+        generation_kwargs: dict[str, Any] | None = None,
+        drift_kwargs: dict[str, Any] | None = None,
+        output_dir: str | Path | None = None,
     ):
         if every_n_steps < 1:
             raise ValueError("every_n_steps must be >= 1")
@@ -59,7 +67,9 @@ class EvalCallback(TrainerCallback):
         metrics: dict[str, float] = {}
         if self.records:
             path = self.output_dir / f"samples_step{step}.jsonl" if self.output_dir else None
-            result = evaluate_generation(model, self.tokenizer, self.records, samples_path=path, **self.gen_kwargs)
+            result = evaluate_generation(
+                model, self.tokenizer, self.records, samples_path=path, **self.gen_kwargs
+            )
             metrics.update(result.metrics())
         if self.drift_stats is not None:
             metrics.update(measure_drift(model, self.drift_stats, **self._drift_run_kwargs()).metrics())
@@ -87,7 +97,9 @@ class EvalCallback(TrainerCallback):
             else:
                 self._tmp = tempfile.TemporaryDirectory(prefix="psft-drift-")
                 path = Path(self._tmp.name) / "base.safetensors"
-            self.drift_stats = compute_reference_stats(model, self.tokenizer, self.drift_texts, path, **self.drift_kwargs)
+            self.drift_stats = compute_reference_stats(
+                model, self.tokenizer, self.drift_texts, path, **self.drift_kwargs
+            )
         if self.eval_on_start:
             self._run(args, state, model)
 

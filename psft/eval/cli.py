@@ -21,13 +21,21 @@ from psft.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="psft eval", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="checkpoint directory (model + tokenizer), psft/tiny-base or hub id")
+    p.add_argument(
+        "--model", required=True, help="checkpoint directory (model + tokenizer), psft/tiny-base or hub id"
+    )
     p.add_argument("--data", help="JSON/JSONL/Parquet file or hub dataset name with prompts and references")
     p.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
     p.add_argument("--task", action="append", help="evaluate only records with this task (repeatable)")
     p.add_argument("--checker", default="exact", help="checker for records without a 'checker' field")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import a module that registers checkers (repeatable); psft.tasks is always imported")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module that registers checkers (repeatable); psft.tasks is always imported",
+    )
     p.add_argument("--n", type=int, default=1, help="samples per prompt (avg@n, pass@n); needs --temperature")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -40,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval task names")
     p.add_argument("--lm-eval-include", help="directory of custom lm-eval task YAMLs")
     p.add_argument("--drift-base", help="base checkpoint to measure drift from (needs --drift-data)")
-    p.add_argument("--drift-data", help="held-out text: file with 'text', 'messages' or prompt+completion rows")
+    p.add_argument(
+        "--drift-data", help="held-out text: file with 'text', 'messages' or prompt+completion rows"
+    )
     p.add_argument("--drift-stats", help="precomputed base statistics file (instead of --drift-base)")
     p.add_argument("--drift-top-k", type=int, default=64, help="base log-probs kept per position")
     return p
@@ -109,15 +119,28 @@ def run(args: argparse.Namespace) -> dict:
     stats = args.drift_stats
     if args.drift_base:  # base first, then freed: never two models in memory
         base, base_tok = load_model(args.drift_base, device)
-        stats = compute_reference_stats(base, base_tok, _drift_texts(args.drift_data, base_tok),
-                                        out / "drift_base_stats.safetensors", top_k=args.drift_top_k)
+        stats = compute_reference_stats(
+            base,
+            base_tok,
+            _drift_texts(args.drift_data, base_tok),
+            out / "drift_base_stats.safetensors",
+            top_k=args.drift_top_k,
+        )
         del base
     model, tokenizer = load_model(args.model, device)
     if args.data:
         result = evaluate_generation(
-            model, tokenizer, records, n=args.n, temperature=args.temperature, top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, checker=args.checker,
-            seed=args.seed, samples_path=out / "samples.jsonl",
+            model,
+            tokenizer,
+            records,
+            n=args.n,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            checker=args.checker,
+            seed=args.seed,
+            samples_path=out / "samples.jsonl",
         )
         metrics["generation"] = result.summary()
     if stats:
@@ -125,8 +148,14 @@ def run(args: argparse.Namespace) -> dict:
     if args.lm_eval_tasks:
         from psft.eval.lmeval import lm_eval_metrics, run_lm_eval
 
-        results = run_lm_eval(model, args.lm_eval_tasks.split(","), tokenizer=tokenizer,
-                              include_path=args.lm_eval_include, limit=args.limit, seed=args.seed)
+        results = run_lm_eval(
+            model,
+            args.lm_eval_tasks.split(","),
+            tokenizer=tokenizer,
+            include_path=args.lm_eval_include,
+            limit=args.limit,
+            seed=args.seed,
+        )
         metrics["lm_eval"] = lm_eval_metrics(results, prefix="lm_eval")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return metrics
@@ -148,14 +177,18 @@ def print_table(metrics: dict) -> None:
     if gen:
         n = gen["n"]
         for name, s in [("all", gen["overall"])] + sorted(gen["tasks"].items()):
-            table.add_row(f"{name} avg@{n} ({s['num_prompts']} prompts)", f"{s['avg']:.4f}", _fmt(s["avg_stderr"]))
+            table.add_row(
+                f"{name} avg@{n} ({s['num_prompts']} prompts)", f"{s['avg']:.4f}", _fmt(s["avg_stderr"])
+            )
             if n > 1:
                 table.add_row(f"{name} pass@{n}", f"{s['pass_']:.4f}", _fmt(s["pass_stderr"]))
     drift = metrics.get("drift")
     if drift:
         note = "exact" if drift["exact"] else f"lower bound, top-{drift['top_k']}"
         table.add_row("drift KL(base||model)", f"{drift['kl']:.5f}", note)
-        table.add_row("drift logprob change", f"{drift['logprob_change']:.5f}", f"{drift['num_tokens']} tokens")
+        table.add_row(
+            "drift logprob change", f"{drift['logprob_change']:.5f}", f"{drift['num_tokens']} tokens"
+        )
     for key, value in metrics.get("lm_eval", {}).items():
         table.add_row(key, f"{value:.4f}", "")
     Console().print(table)

@@ -55,7 +55,9 @@ class DriftResult:
         return asdict(self)
 
 
-def _logits(model, input_ids: torch.Tensor, mask: torch.Tensor, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+def _logits(
+    model, input_ids: torch.Tensor, mask: torch.Tensor, chunk_size: int
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, float32 log-softmax) for chunks of the positions that have a next token (all but the last)."""
     last = input_ids.shape[1] - 1
     try:
@@ -65,12 +67,12 @@ def _logits(model, input_ids: torch.Tensor, mask: torch.Tensor, chunk_size: int)
     if decoder is None or head is None:  # unusual architecture: full logits, still chunked for log-softmax
         logits = model(input_ids=input_ids, attention_mask=mask).logits
         for s in range(0, last, chunk_size):
-            yield s, logits[:, s:min(s + chunk_size, last)].float().log_softmax(-1)  # a new tensor
+            yield s, logits[:, s : min(s + chunk_size, last)].float().log_softmax(-1)  # a new tensor
         return
     hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
     cap = getattr(model.config, "final_logit_softcapping", None)
     for s in range(0, last, chunk_size):
-        logits = head(hidden[:, s:min(s + chunk_size, last)]).float()
+        logits = head(hidden[:, s : min(s + chunk_size, last)]).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
         yield s, logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax in place: one chunk in memory
@@ -82,14 +84,14 @@ def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, device) -> Ite
     for s in seqs:
         offsets.append(offsets[-1] + len(s) - 1)
     for b in range(0, len(seqs), batch_size):
-        batch = seqs[b:b + batch_size]
+        batch = seqs[b : b + batch_size]
         width = max(len(s) for s in batch)
         ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in batch], device=device)
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device)
         pos = torch.arange(width - 1, device=device)
         lengths = torch.tensor([len(s) for s in batch], device=device)
         valid = pos[None, :] < (lengths[:, None] - 1)
-        flat = torch.tensor(offsets[b:b + len(batch)], device=device)[:, None] + pos[None, :]
+        flat = torch.tensor(offsets[b : b + len(batch)], device=device)[:, None] + pos[None, :]
         yield ids, mask, valid, flat
 
 
@@ -103,19 +105,34 @@ def _tail_logmass_(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def compute_reference_stats(
-    model, tokenizer, texts: list[str], path: str | Path, *, top_k: int = 64, max_length: int = 512,
-    batch_size: int = 8, chunk_size: int = 128,
+    model,
+    tokenizer,
+    texts: list[str],
+    path: str | Path,
+    *,
+    top_k: int = 64,
+    max_length: int = 512,
+    batch_size: int = 8,
+    chunk_size: int = 128,
 ) -> Path:
     """Run the base `model` on `texts` once and save its per-position top-k statistics to `path`."""
-    seqs = [s for s in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if len(s) >= 2]
+    seqs = [
+        s for s in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if len(s) >= 2
+    ]
     if not seqs:
         raise UserError("drift: no text with at least two tokens")
-    vocab = model.get_output_embeddings().out_features if model.get_output_embeddings() is not None else len(tokenizer)
+    vocab = (
+        model.get_output_embeddings().out_features
+        if model.get_output_embeddings() is not None
+        else len(tokenizer)
+    )
     k = min(top_k, vocab)
     n = sum(len(s) - 1 for s in seqs)
     out = {
-        "topk_ids": torch.empty(n, k, dtype=torch.int32), "topk_logprobs": torch.empty(n, k),
-        "tail_logmass": torch.empty(n), "target_logprobs": torch.empty(n),
+        "topk_ids": torch.empty(n, k, dtype=torch.int32),
+        "topk_logprobs": torch.empty(n, k),
+        "tail_logmass": torch.empty(n),
+        "target_logprobs": torch.empty(n),
     }
     was_training = model.training
     model.eval()
@@ -124,9 +141,9 @@ def compute_reference_stats(
         for ids, mask, valid, flat in _batches(seqs, batch_size, pad, model.device):
             for s, logp in _logits(model, ids, mask, chunk_size):
                 # whole (batch, chunk, vocab) tensor, padding included; keep the valid positions' results
-                v = valid[:, s:s + logp.shape[1]]
-                idx = flat[:, s:s + logp.shape[1]][v].cpu()
-                target = ids[:, s + 1:s + 1 + v.shape[1]]
+                v = valid[:, s : s + logp.shape[1]]
+                idx = flat[:, s : s + logp.shape[1]][v].cpu()
+                target = ids[:, s + 1 : s + 1 + v.shape[1]]
                 out["target_logprobs"][idx] = logp.gather(-1, target[..., None])[..., 0][v].cpu()
                 top = logp.topk(k, dim=-1)
                 out["topk_ids"][idx] = top.indices[v].int().cpu()
@@ -166,7 +183,7 @@ def measure_drift(model, path: str | Path, *, batch_size: int = 8, chunk_size: i
     flat_ids = stats["input_ids"].tolist()
     seqs, start = [], 0
     for n in lengths:
-        seqs.append(flat_ids[start:start + n])
+        seqs.append(flat_ids[start : start + n])
         start += n
     vocab, k = int(meta["vocab_size"]), int(meta["top_k"])
     head = model.get_output_embeddings()
@@ -180,9 +197,9 @@ def measure_drift(model, path: str | Path, *, batch_size: int = 8, chunk_size: i
     try:
         for ids, mask, valid, flat in _batches(seqs, batch_size, 0, model.device):
             for s, logp in _logits(model, ids, mask, chunk_size):
-                v = valid[:, s:s + logp.shape[1]]
-                idx = flat[:, s:s + logp.shape[1]][v].cpu()
-                target = ids[:, s + 1:s + 1 + v.shape[1]]
+                v = valid[:, s : s + logp.shape[1]]
+                idx = flat[:, s : s + logp.shape[1]][v].cpu()
+                target = ids[:, s + 1 : s + 1 + v.shape[1]]
                 # base top-k ids laid out like the chunk (padding rows point at token 0 and are dropped)
                 top_ids = torch.zeros(*v.shape, k, dtype=torch.long, device=logp.device)
                 top_ids[v] = stats["topk_ids"][idx].long().to(logp.device)
@@ -192,7 +209,9 @@ def measure_drift(model, path: str | Path, *, batch_size: int = 8, chunk_size: i
                 base_top = stats["topk_logprobs"][idx].to(logp.device)
                 base_tail = stats["tail_logmass"][idx].to(logp.device)
                 head_kl = (base_top.exp() * (base_top - model_top)).sum(-1)
-                tail_kl = torch.where(base_tail > float("-inf"), base_tail.exp() * (base_tail - model_tail), 0.0)
+                tail_kl = torch.where(
+                    base_tail > float("-inf"), base_tail.exp() * (base_tail - model_tail), 0.0
+                )
                 kl += (head_kl + tail_kl).double().sum().cpu()
                 mlogp += model_target.double().sum().cpu()
                 dlogp += (model_target.cpu() - stats["target_logprobs"][idx]).double().sum()
@@ -200,6 +219,11 @@ def measure_drift(model, path: str | Path, *, batch_size: int = 8, chunk_size: i
         model.train(was_training)
     n = len(stats["target_logprobs"])
     return DriftResult(
-        kl=float(kl / n), logprob_change=float(dlogp / n), base_logprob=float(stats["target_logprobs"].double().mean()),
-        model_logprob=float(mlogp / n), num_tokens=n, top_k=k, exact=k >= vocab,
+        kl=float(kl / n),
+        logprob_change=float(dlogp / n),
+        base_logprob=float(stats["target_logprobs"].double().mean()),
+        model_logprob=float(mlogp / n),
+        num_tokens=n,
+        top_k=k,
+        exact=k >= vocab,
     )

@@ -59,9 +59,15 @@ class GenerationResult:
         """JSON-ready scores (no samples); an undefined standard error (one prompt) becomes None."""
 
         def clean(score: TaskScore) -> dict[str, Any]:
-            return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(score).items()}
+            return {
+                k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(score).items()
+            }
 
-        return {"n": self.n, "overall": clean(self.overall), "tasks": {t: clean(s) for t, s in self.tasks.items()}}
+        return {
+            "n": self.n,
+            "overall": clean(self.overall),
+            "tasks": {t: clean(s) for t, s in self.tasks.items()},
+        }
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -101,8 +107,12 @@ def _progress(total: int, enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        disable=not (enabled and sys.stderr.isatty()), transient=True,
+        TextColumn("eval"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not (enabled and sys.stderr.isatty()),
+        transient=True,
     )
 
 
@@ -115,8 +125,14 @@ def encode_prompt(tokenizer, prompt: str | list[dict[str, Any]]) -> list[int]:
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: list[str | list[dict[str, Any]]], *, n: int = 1, temperature: float = 0.0,
-    top_p: float = 1.0, max_new_tokens: int = 256,
+    model,
+    tokenizer,
+    prompts: list[str | list[dict[str, Any]]],
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
 ) -> list[list[str]]:
     """`n` completions for each prompt (text or chat messages), decoded as one left-padded batch.
 
@@ -139,21 +155,38 @@ def generate(
     else:
         sampling.update(do_sample=False, temperature=None, top_p=None)
     out = model.generate(
-        input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_return_sequences=n,
-        eos_token_id=stops, pad_token_id=pad_id, **sampling,
+        input_ids=input_ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=n,
+        eos_token_id=stops,
+        pad_token_id=pad_id,
+        **sampling,
     )
     texts = []
     for row in out[:, width:].tolist():
         cut = next((i for i, t in enumerate(row) if t in stops), len(row))
         texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
-    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
 def evaluate_generation(
-    model, tokenizer, data: str | list[dict[str, Any]] | list[EvalRecord], *, n: int = 1,
-    temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 16,
-    checker: str = "exact", tasks: list[str] | None = None, limit: int | None = None, split: str = "test",
-    seed: int = 0, samples_path: str | Path | None = None, progress: bool = True,
+    model,
+    tokenizer,
+    data: str | list[dict[str, Any]] | list[EvalRecord],
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    checker: str = "exact",
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    split: str = "test",
+    seed: int = 0,
+    samples_path: str | Path | None = None,
+    progress: bool = True,
 ) -> GenerationResult:
     """Decode every prompt, check each completion, score per task; write samples to `samples_path` (JSONL).
 
@@ -177,25 +210,43 @@ def evaluate_generation(
             torch.manual_seed(seed)
             job = bar.add_task("eval", total=len(records))
             for start in range(0, len(records), prompts_per_batch):
-                batch = records[start:start + prompts_per_batch]
+                batch = records[start : start + prompts_per_batch]
                 texts = [render_prompt(tokenizer, r.prompt) for r in batch]
-                outs = generate(model, tokenizer, [r.prompt for r in batch], n=n, temperature=temperature,
-                                top_p=top_p, max_new_tokens=max_new_tokens)
+                outs = generate(
+                    model,
+                    tokenizer,
+                    [r.prompt for r in batch],
+                    n=n,
+                    temperature=temperature,
+                    top_p=top_p,
+                    max_new_tokens=max_new_tokens,
+                )
                 for i, (record, text, completions) in enumerate(zip(batch, texts, outs, strict=True)):
                     check = get_checker(record.checker or checker)
                     verdicts = [check(c, record.reference) for c in completions]
                     correct.setdefault(record.task, []).append([v.correct for v in verdicts])
                     for j, (c, v) in enumerate(zip(completions, verdicts, strict=True)):
-                        samples.append({
-                            "index": start + i, "sample": j, "task": record.task, "prompt": text, "output": c,
-                            "reference": record.reference, "extracted": v.extracted, "correct": v.correct,
-                            "checker": record.checker or checker,
-                        })
+                        samples.append(
+                            {
+                                "index": start + i,
+                                "sample": j,
+                                "task": record.task,
+                                "prompt": text,
+                                "output": c,
+                                "reference": record.reference,
+                                "extracted": v.extracted,
+                                "correct": v.correct,
+                                "checker": record.checker or checker,
+                            }
+                        )
                 bar.advance(job, len(batch))
     finally:
         model.train(was_training)
     result = GenerationResult(
-        n, {t: score(c) for t, c in correct.items()}, score([c for cs in correct.values() for c in cs]), samples
+        n,
+        {t: score(c) for t, c in correct.items()},
+        score([c for cs in correct.values() for c in cs]),
+        samples,
     )
     if samples_path is not None:
         write_jsonl(samples, samples_path)

@@ -26,10 +26,19 @@ def _lm_eval():
 
 
 def run_lm_eval(
-    model, tasks: list[str], *, tokenizer=None, include_path: str | Path | None = None,
-    num_fewshot: int | None = None, limit: int | float | None = None, batch_size: int = 8,
-    device: str | None = None, apply_chat_template: bool = False, gen_kwargs: dict | None = None,
-    log_samples: bool = False, seed: int = 0,
+    model,
+    tasks: list[str],
+    *,
+    tokenizer=None,
+    include_path: str | Path | None = None,
+    num_fewshot: int | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    apply_chat_template: bool = False,
+    gen_kwargs: dict | None = None,
+    log_samples: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """lm-eval's results dict for `tasks` on `model` (a `PreTrainedModel` or a checkpoint path).
 
@@ -41,8 +50,12 @@ def run_lm_eval(
     if isinstance(model, (str, Path)):
         if not Path(model).exists():
             raise UserError(f"model path not found: {model}")
-        lm = HFLM(pretrained=str(model), tokenizer=tokenizer, batch_size=batch_size,
-                  device=device or ("cuda" if _cuda() else "cpu"))
+        lm = HFLM(
+            pretrained=str(model),
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            device=device or ("cuda" if _cuda() else "cpu"),
+        )
     else:
         if tokenizer is None:
             raise UserError("run_lm_eval: pass the tokenizer with an in-memory model")
@@ -54,9 +67,18 @@ def run_lm_eval(
     was_training = getattr(model, "training", False)
     try:
         results = lm_eval.simple_evaluate(
-            model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-            apply_chat_template=apply_chat_template, gen_kwargs=gen_kwargs, log_samples=log_samples,
-            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            model=lm,
+            tasks=list(tasks),
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            apply_chat_template=apply_chat_template,
+            gen_kwargs=gen_kwargs,
+            log_samples=log_samples,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
         )
     finally:
         if was_training:

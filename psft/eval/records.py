@@ -84,7 +84,9 @@ def to_record(row: dict[str, Any], where: str = "row") -> EvalRecord:
 
 
 def load_records(
-    data: str | list[dict[str, Any]], split: str = "test", tasks: list[str] | None = None,
+    data: str | list[dict[str, Any]],
+    split: str = "test",
+    tasks: list[str] | None = None,
     limit: int | None = None,
 ) -> list[EvalRecord]:
     """Evaluation records from a path, hub name or list of rows; keep only `tasks` if given, first `limit`."""
