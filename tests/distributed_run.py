@@ -23,6 +23,10 @@ def main(out: str, flags: list[str]) -> None:
     if trainer.accelerator.is_main_process:
         logs = [log for log in trainer.state.log_history if "nll" in log]
         torch.save({"params": params(trainer), "logs": logs, "world": trainer.accelerator.num_processes}, out)
+    # leave the process group cleanly: a gloo thread still running at exit can abort the process
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
