@@ -33,7 +33,7 @@ console = Console(stderr=True)
 # for several epochs), on a CPU.
 DEMO_TRAINING = {
     "per_device_train_batch_size": 32,
-    "num_train_epochs": 4,
+    "num_train_epochs": 12,
     "lr_scheduler_type": "constant_with_warmup",
     "warmup_steps": 10,
     "weight_decay": 0.1,
@@ -47,7 +47,7 @@ DEMO_METHODS = [
     {"name": "psft-K8", "loss_type": "psft", "mini_batches_per_rollout": 8, "learning_rate": DEMO_LR},
     # tuned SFT baselines for the matched-progress view: a lower learning rate, and a warm-up
     {"name": "sft-lr/3", "loss_type": "sft", "learning_rate": DEMO_LR / 3},
-    {"name": "sft-warmup", "loss_type": "sft", "learning_rate": DEMO_LR, "warmup_steps": 32},
+    {"name": "sft-warmup", "loss_type": "sft", "learning_rate": DEMO_LR, "warmup_steps": 64},
 ]
 
 
