@@ -125,8 +125,8 @@ def quick(config: CompareConfig) -> CompareConfig:
     return config
 
 
-def _eval_records(config: CompareConfig) -> tuple[list[dict], list[dict], list[str]]:
-    """(in-domain records, out-of-domain records, drift texts) from the test splits."""
+def _eval_records(config: CompareConfig) -> tuple[list[dict], list[dict]]:
+    """(in-domain records, out-of-domain records) from the test splits; drift is measured on the latter."""
     from psft.data import load_sft_dataset
     from psft.tasks import GENERAL_TASKS
 
@@ -141,7 +141,7 @@ def _eval_records(config: CompareConfig) -> tuple[list[dict], list[dict], list[s
         return out
 
     in_domain, general = rows(config.in_domain, "in_domain"), rows(out_of_domain, "out_of_domain")
-    return in_domain, general, general
+    return in_domain, general
 
 
 def _group_accuracy(logs: dict[str, float], tasks: list[str]) -> float | None:
@@ -160,7 +160,7 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
     from psft.tiny import resolve_model_name
     from psft.trainer import PSFTTrainer
 
-    in_domain, general, drift_rows = records
+    in_domain, general = records
     overrides = {k: v for k, v in run.items() if k != "name"}
     settings = {
         "bf16": False,
@@ -185,11 +185,11 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
     trainer = PSFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _planned_steps(trainer)
     every = config.eval_every or max(1, steps // 4)
-    callback = EvalCallback(
+    EvalCallback(
         tokenizer,
         every_n_steps=every,
         data=in_domain + general,
-        drift_texts=[render_text(tokenizer, row) for row in drift_rows],
+        drift_texts=[render_text(tokenizer, row) for row in general],
         # one big batch: on a CPU a decoding step costs about the same for 1 or 256 prompts of a tiny model
         generation_kwargs={"max_new_tokens": config.max_new_tokens, "batch_size": 256},
     ).attach(trainer)
@@ -197,7 +197,6 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
     trainer.train()
     if config.save_models:
         trainer.save_model(str(out_dir))
-    del callback
     in_tasks = sorted({r["task"] for r in in_domain})
     out_tasks = sorted({r["task"] for r in general})
     curves, evals = [], []
