@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from _common import (  # noqa: E402
     spread,
     sync,
 )
-from fwd_modes import FORWARD_MODES, trainer_pass  # noqa: E402
+from fwd_modes import FORWARD_MODES  # noqa: E402
 
 
 def micro_batch(trainer: Any) -> dict[str, Any]:
@@ -66,8 +67,7 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
         trainer.add_callback(timers[kind])
     psft = trainers["psft"]
     old_pass_times: list[float] = []
-    name = "_log_probs" if hasattr(psft, "_log_probs") else "_old_log_probs"
-    original_old = getattr(psft, name)
+    original_old = psft._log_probs
 
     def timed_old(*args: Any, **kwargs: Any) -> torch.Tensor:
         start = time.perf_counter()
@@ -76,7 +76,7 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
         old_pass_times.append(time.perf_counter() - start)
         return result
 
-    setattr(psft, name, timed_old)  # instance attribute: records the old-policy passes made in training
+    psft._log_probs = timed_old  # instance attribute: records the old-policy passes made in training
     mb = micro_batch(psft)
     per_step: dict[str, list[float]] = {kind: [] for kind in trainers}
     fwd: dict[str, list[float]] = {name: [] for name in FORWARD_MODES}
@@ -118,16 +118,17 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
 
 def probe(size: str, batch: int, kind: str, k: int, rollouts: int, out: str) -> dict[str, float]:
     """Peak memory of one variant in this (fresh) process: training for `kind` in ("sft", "psft"), or the
-    old-policy pass alone over K - 1 micro-batches for "old"."""
+    old-policy pass alone over K - 1 micro-batches: the trainer's for "old", TRL's fused head for "old_fused"."""
     model = make_model(size)
     steps = rollouts * k
     data = make_data(size, rows=steps * batch)
-    trainer = make_trainer("psft" if kind == "old" else kind, model, data, batch, steps, k, out)
+    trainer = make_trainer("psft" if kind.startswith("old") else kind, model, data, batch, steps, k, out)
     del model
-    if kind == "old":
+    if kind.startswith("old"):
         mb = micro_batch(trainer)
+        old_pass = FORWARD_MODES["trainer" if kind == "old" else "fused_head"]
         with PeakMemory() as mem:
-            olds = [trainer_pass(trainer, mb) for _ in range(k - 1)]
+            olds = [old_pass(trainer, mb) for _ in range(k - 1)]
         del olds
     else:
         with PeakMemory() as mem:
@@ -135,15 +136,22 @@ def probe(size: str, batch: int, kind: str, k: int, rollouts: int, out: str) -> 
     return {"base_mb": mem.base, "peak_mb": mem.peak, "added_mb": mem.added}
 
 
-def run_probe(size: str, batch: int, kind: str, k: int, rollouts: int) -> dict[str, float]:
+def run_probe(
+    size: str, batch: int, kind: str, k: int, rollouts: int, vocab: int | None = None
+) -> dict[str, float]:
+    """`probe` in a fresh process, so that its peak is its own."""
     cmd = [sys.executable, __file__, "--size", size, "--batch", str(batch), "--k", str(k)]
-    cmd += ["--rollouts", str(rollouts)]
+    cmd += ["--rollouts", str(rollouts)] + (["--vocab", str(vocab)] if vocab else [])
     result = subprocess.run(cmd + ["--probe", kind], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_memory(size: str, batch: int, k: int, rollouts: int) -> dict[str, float]:
-    sft, psft, old = (run_probe(size, batch, kind, k, rollouts) for kind in ("sft", "psft", "old"))
+def measure_memory(
+    size: str, batch: int, k: int, rollouts: int, vocab: int | None = None
+) -> dict[str, float]:
+    sft, psft, old, fused = (
+        run_probe(size, batch, kind, k, rollouts, vocab) for kind in ("sft", "psft", "old", "old_fused")
+    )
     s = SIZES[size]
     logits_mb = batch * (s.prompt_len + s.completion_len) * s.vocab * 4 / 2**20
     return {
@@ -154,6 +162,7 @@ def measure_memory(size: str, batch: int, k: int, rollouts: int) -> dict[str, fl
         "psft_added_mb": psft["added_mb"],
         "added_ratio": psft["added_mb"] / max(sft["added_mb"], 1e-9),
         "old_pass_added_mb": old["added_mb"],
+        "fused_head_pass_added_mb": fused["added_mb"],
         "full_logits_mb": logits_mb,
     }
 
@@ -165,13 +174,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--k", type=int, default=8, help="PSFT mini-batches per rollout")
     parser.add_argument("--rounds", type=int, default=4, help="alternating SFT/PSFT rounds")
     parser.add_argument("--rollouts", type=int, default=3, help="rollouts per round (the first is warm-up)")
+    parser.add_argument("--vocab", type=int, help="override the size's vocabulary (not for tiny)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     parser.add_argument("--smoke", action="store_true", help="tiny size, one short round: checks it runs")
-    parser.add_argument("--probe", choices=["sft", "psft", "old"], help=argparse.SUPPRESS)
+    parser.add_argument("--probe", choices=["sft", "psft", "old", "old_fused"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.size, args.batch, args.k, args.rounds, args.rollouts = "tiny", 4, 4, 1, 2
+        args.size, args.batch, args.k, args.rounds, args.rollouts, args.vocab = "tiny", 4, 4, 1, 2, None
     args.batch = args.batch or SIZES[args.size].batch
+    if args.vocab:
+        if args.size == "tiny":
+            parser.error("--vocab: the tiny model's vocabulary is its tokenizer's")
+        SIZES[args.size] = replace(SIZES[args.size], vocab=args.vocab)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as out:
         if args.probe:
@@ -184,8 +198,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "threads": torch.get_num_threads(),
                 "rounds": args.rounds,
                 "batch": args.batch,
+                "vocab": SIZES[args.size].vocab,
                 **measure_time(args.size, args.batch, args.k, args.rounds, args.rollouts, out),
-                "memory": measure_memory(args.size, args.batch, args.k, args.rollouts),
+                "memory": measure_memory(args.size, args.batch, args.k, args.rollouts, args.vocab),
             }
     print(json.dumps(report, indent=None if args.probe else 2))
     return report

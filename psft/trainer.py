@@ -33,6 +33,7 @@ from trl import SFTTrainer
 
 from psft.config import LOSS_ALIASES, PSFTConfig
 from psft.errors import UserError
+from psft.logprobs import label_log_probs, uses_own_forward
 from psft.losses import get_loss, token_mean
 from psft.reference import ReferenceTable, labels_for_every_token
 from psft.reliability import ReliabilityMixin
@@ -212,7 +213,10 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
     def _log_probs(
         self, model: torch.nn.Module, micro_batch: dict[str, Any], labels: Tensor | None = None
     ) -> Tensor:
-        """Per-token log-probs of `model` on one micro-batch, in eval mode, without full logits."""
+        """Per-token log-probs of `model` on one micro-batch, in eval mode, without full logits.
+
+        Log-probs of the loss tokens only (`psft.logprobs`), unless the model is sharded (FSDP, DeepSpeed) or
+        edits its inputs (PEFT prompt learning): those need the model's own forward, i.e. TRL's fused head."""
         was_training = model.training
         model.eval()
         try:
@@ -221,10 +225,11 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             if labels is not None:
                 inputs["labels"] = labels
             with self.compute_loss_context_manager():
-                outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+                if self.is_fsdp_enabled or self.is_deepspeed_enabled or uses_own_forward(model):
+                    return model(**inputs, use_cache=False, fused_lm_head=True).log_probs.float()
+                return label_log_probs(model, inputs)
         finally:
             model.train(was_training)
-        return outputs.log_probs.detach().float()
 
     # ----------------------------------------------------------------- reference
     def _reference_mode(self) -> str:

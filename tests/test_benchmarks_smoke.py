@@ -37,10 +37,20 @@ def test_bench_psft_smoke():
     k = report["k"]
     assert report["floor"] == pytest.approx(1 + (k - 1) / k * report["t_fwd"] / report["t_sft"])
     assert report["ratio_over_floor"] == pytest.approx(report["ratio"] / report["floor"])
-    assert set(report["fwd_modes"]) >= {"trainer", "inference_mode", "log_probs_only", "full_logits"}
+    assert set(report["fwd_modes"]) >= {"trainer", "fused_head", "inference_mode", "full_logits"}
     memory = report["memory"]
-    for key in ("sft_peak_mb", "psft_peak_mb", "peak_ratio", "old_pass_added_mb", "full_logits_mb"):
+    for key in ("sft_peak_mb", "psft_peak_mb", "peak_ratio", "full_logits_mb"):
         assert memory[key] > 0, key
+    assert memory["old_pass_added_mb"] >= 0 and memory["fused_head_pass_added_mb"] >= 0
+
+
+@pytest.mark.slow
+def test_bench_vocab_memory_smoke():
+    report = run_smoke("bench_vocab_memory.py")
+    assert [row["vocab"] for row in report["rows"]] == [512, 1024]
+    for row in report["rows"]:
+        assert row["old_pass_added_mb"] >= 0 and row["fused_head_added_mb"] >= 0
+        assert row["full_logits_mb"] == pytest.approx(report["tokens"] * row["vocab"] * 4 / 2**20, abs=0.05)
 
 
 @pytest.mark.slow
