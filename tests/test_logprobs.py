@@ -15,7 +15,14 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from psft.logprobs import LOGPROB_CHUNK_SIZE, head_scaling, label_log_probs, uses_own_forward
+from psft.logprobs import (
+    CPU_LOGPROB_CHUNK_SIZE,
+    LOGPROB_CHUNK_SIZE,
+    chunk_size,
+    head_scaling,
+    label_log_probs,
+    uses_own_forward,
+)
 
 SHAPE = dict(
     hidden_size=32,
@@ -96,8 +103,14 @@ def test_shift_labels_are_scored_without_shifting():
     assert (got[:, -1] == 0).all()
 
 
+def test_chunk_size_by_device():
+    assert chunk_size(torch.device("cuda")) == LOGPROB_CHUNK_SIZE  # TRL's Triton tile
+    assert chunk_size(torch.device("cpu")) == CPU_LOGPROB_CHUNK_SIZE < LOGPROB_CHUNK_SIZE
+
+
 def test_vocabulary_wider_than_one_tile():
-    vocab = LOGPROB_CHUNK_SIZE + 301  # two tiles: the online log-sum-exp across tiles must be exact
+    # 33 CPU tiles (2 GPU tiles), the last one partial: the online log-sum-exp across tiles must be exact
+    vocab = LOGPROB_CHUNK_SIZE + 301
     model = make(LlamaForCausalLM, LlamaConfig, vocab=vocab)
     inputs, labels = batch(vocab)
     labels[0, -1] = vocab - 1  # a target in the second tile
