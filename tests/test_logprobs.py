@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from trainer_support import make_trainer
 from transformers import (
     CohereConfig,
     CohereForCausalLM,
@@ -150,3 +151,16 @@ def test_prompt_learning_needs_the_model_forward():
         peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
     )
     assert uses_own_forward(prompt)
+
+
+def test_trainer_pass_equals_the_fused_head_it_falls_back_to(tmp_path):
+    """`PSFTTrainer._log_probs` scores the loss tokens itself; under FSDP or DeepSpeed it runs the model's own
+    forward (TRL's fused head) instead. Both give the same old log-probs."""
+    trainer = make_trainer(tmp_path, per_device_train_batch_size=8)
+    micro_batch = next(iter(trainer.get_train_dataloader()))
+    assert micro_batch["labels"].eq(-100).any() and micro_batch["labels"].ne(-100).any()
+    own = trainer._log_probs(trainer.model, micro_batch)
+    trainer.is_fsdp_enabled = True  # only selects the path: the model itself is not sharded on CPU
+    fused = trainer._log_probs(trainer.model, micro_batch)
+    assert own.abs().sum() > 0
+    torch.testing.assert_close(own, fused, atol=1e-5, rtol=1e-5)
