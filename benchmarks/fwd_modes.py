@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from psft.logprobs import label_log_probs
+from psft.logprobs import LOGPROB_CHUNK_SIZE, label_log_probs
 
 
 def trainer_pass(trainer: Any, mb: dict[str, Any]) -> Tensor:
@@ -34,6 +34,13 @@ def inference_mode_pass(trainer: Any, mb: dict[str, Any]) -> Tensor:
         return label_log_probs(trainer.model, trainer._prepare_inputs(mb))
 
 
+def gpu_tiles_pass(trainer: Any, mb: dict[str, Any]) -> Tensor:
+    """The trainer's pass with the tile width it uses on CUDA (32768 columns) wherever it runs: on CPU,
+    against the trainer's 1024-column tiles."""
+    with torch.no_grad():
+        return label_log_probs(trainer.model, trainer._prepare_inputs(mb), chunk=LOGPROB_CHUNK_SIZE)
+
+
 def full_logits_pass(trainer: Any, mb: dict[str, Any]) -> Tensor:
     """The naive way: full logits, log-softmax over the vocabulary, gather the labels."""
     with torch.inference_mode():
@@ -49,5 +56,6 @@ FORWARD_MODES: dict[str, Callable[[Any, dict[str, Any]], Tensor]] = {
     "trainer": trainer_pass,
     "fused_head": fused_head_pass,
     "inference_mode": inference_mode_pass,
+    "gpu_tiles": gpu_tiles_pass,
     "full_logits": full_logits_pass,
 }

@@ -53,10 +53,13 @@ def uses_own_forward(model: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def label_log_probs(model: torch.nn.Module, inputs: dict[str, Any], temperature: float = 1.0) -> Tensor:
+def label_log_probs(
+    model: torch.nn.Module, inputs: dict[str, Any], temperature: float = 1.0, chunk: int | None = None
+) -> Tensor:
     """Log-probs `(batch, seq - 1)` of each next-token label under `model` (float32, 0 where the label is
     -100); `(batch, seq)` for pre-shifted `shift_labels`. `model` is a causal LM or a PEFT model around one
-    (LoRA layers live inside it); `inputs` are its forward's keyword arguments with `labels`."""
+    (LoRA layers live inside it); `inputs` are its forward's keyword arguments with `labels`. `chunk`:
+    vocabulary columns per tile (default `chunk_size` of the head's device)."""
     inputs = dict(inputs)
     labels, shift_labels = inputs.pop("labels", None), inputs.pop("shift_labels", None)
     causal_lm: PreTrainedModel = model.get_base_model() if is_peft_model(model) else model
@@ -75,7 +78,7 @@ def label_log_probs(model: torch.nn.Module, inputs: dict[str, Any], temperature:
         head.bias,
         targets[mask],
         temperature,
-        chunk_size(head.weight.device),
+        chunk or chunk_size(head.weight.device),
         softcap,
         scale,
         (),  # no entropy, top-1 or other extras: log-probs only
