@@ -79,6 +79,9 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
     psft._log_probs = timed_old  # instance attribute: records the old-policy passes made in training
     mb = micro_batch(psft)
     per_step: dict[str, list[float]] = {kind: [] for kind in trainers}
+    # step times by position inside a rollout (first rollout of each round skipped): PSFT pays its old pass at
+    # position 1 only, so positions 2..K must match SFT's
+    by_position: dict[str, list[list[float]]] = {kind: [[] for _ in range(k)] for kind in trainers}
     fwd: dict[str, list[float]] = {name: [] for name in FORWARD_MODES}
     for r in range(rounds):
         order = ["sft", "psft"] if r % 2 == 0 else ["psft", "sft"]
@@ -86,6 +89,8 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
             timers[kind].times = []
             trainers[kind].train()
             per_step[kind] += per_step_over_rollouts(timers[kind].times, k)
+            for i, t in enumerate(timers[kind].times[k:]):
+                by_position[kind][i % k].append(t)
         names = list(FORWARD_MODES) if r % 2 == 0 else list(reversed(FORWARD_MODES))
         for name in names:
             fn = FORWARD_MODES[name]
@@ -95,6 +100,9 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
     ratio = t_psft / t_sft
     floor = 1 + (k - 1) / k * t_fwd / t_sft
     tokens = batch * (SIZES[size].prompt_len + SIZES[size].completion_len)
+    position_medians = {kind: [median(ts) for ts in by_position[kind]] for kind in trainers}
+    # the same ratio from per-position medians: robust to a slow phase of the machine hitting whole rollouts
+    ratio_by_position = sum(position_medians["psft"]) / sum(position_medians["sft"])
     return {
         "params": num_params(model),
         "tokens_per_step": tokens,
@@ -105,6 +113,9 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
         "ratio": ratio,
         "floor": floor,
         "ratio_over_floor": ratio / floor,
+        "ratio_by_position": ratio_by_position,
+        "ratio_by_position_over_floor": ratio_by_position / floor,
+        "position_medians": {kind: [round(t, 4) for t in v] for kind, v in position_medians.items()},
         "noise": {
             "sft": spread(per_step["sft"]),
             "psft": spread(per_step["psft"]),

@@ -34,6 +34,10 @@ def test_bench_psft_smoke():
     report = run_smoke("bench_psft.py")
     assert report["size"] == "tiny"
     assert_positive_numbers(report, ["t_sft", "t_psft", "t_fwd", "ratio", "floor", "ratio_over_floor"])
+    assert report["ratio_by_position_over_floor"] == pytest.approx(
+        report["ratio_by_position"] / report["floor"]
+    )
+    assert [len(v) for v in report["position_medians"].values()] == [report["k"]] * 2
     k = report["k"]
     assert report["floor"] == pytest.approx(1 + (k - 1) / k * report["t_fwd"] / report["t_sft"])
     assert report["ratio_over_floor"] == pytest.approx(report["ratio"] / report["floor"])
