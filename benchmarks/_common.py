@@ -7,6 +7,8 @@ length (prompt + completion, loss on the completion only), so every step does th
 from __future__ import annotations
 
 import copy
+import ctypes
+import os
 import statistics
 import threading
 import time
@@ -53,6 +55,34 @@ SIZES = {
     # ~81M parameters, Qwen2.5's 151,936-token vocabulary on a small trunk: the LM head dominates
     "bigvocab": Size(151936, 256, 4, 4, 688, 4, 32, 32),
 }
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS (the same as
+    setting MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ and MALLOC_TOP_PAD_). By default it unmaps large
+    blocks and trims the heap, so every CPU training step page-faults its activations and gradients anew
+    (about 300k faults, a quarter of a bigvocab step) and that cost swings with the machine's state.
+    On GPU it changes nothing (torch's caching allocator). False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    settings = {
+        -3: 32 * 2**20,
+        -1: 2**31 - 1,
+        -2: 2**30,
+    }  # M_MMAP_THRESHOLD (its max), M_TRIM_THRESHOLD, M_TOP_PAD
+    return all(libc.mallopt(param, value) == 1 for param, value in settings.items())
+
+
+def setup_malloc(default: bool) -> str:
+    """`keep_freed_memory` unless `default` (`--default-malloc`); the choice is passed to the probe processes
+    through the environment. Returns what the report records: "kept" or "default"."""
+    if default:
+        os.environ["PSFT_BENCH_DEFAULT_MALLOC"] = "1"
+    if os.environ.get("PSFT_BENCH_DEFAULT_MALLOC") or not keep_freed_memory():
+        return "default"
+    return "kept"
 
 
 def make_model(size: str, seed: int = 0) -> PreTrainedModel:

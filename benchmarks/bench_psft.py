@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     median,
     num_params,
     per_step_over_rollouts,
+    setup_malloc,
     spread,
     sync,
 )
@@ -187,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rollouts", type=int, default=3, help="rollouts per round (the first is warm-up)")
     parser.add_argument("--vocab", type=int, help="override the size's vocabulary (not for tiny)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's malloc as it is (see keep_freed_memory)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny size, one short round: checks it runs")
     parser.add_argument("--probe", choices=["sft", "psft", "old", "old_fused"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error("--vocab: the tiny model's vocabulary is its tokenizer's")
         SIZES[args.size] = replace(SIZES[args.size], vocab=args.vocab)
     torch.set_num_threads(args.threads)
+    malloc = setup_malloc(args.default_malloc)
     with tempfile.TemporaryDirectory() as out:
         if args.probe:
             report = probe(args.size, args.batch, args.probe, args.k, args.rollouts, out)
@@ -207,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "k": args.k,
                 "device": "cuda" if torch.cuda.is_available() else "cpu",
                 "threads": torch.get_num_threads(),
+                "malloc": malloc,
                 "rounds": args.rounds,
                 "batch": args.batch,
                 "vocab": SIZES[args.size].vocab,

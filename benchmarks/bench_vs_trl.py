@@ -20,7 +20,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import SIZES, StepTimes, make_data, make_model, make_trainer, median, num_params, spread  # noqa: E402
+from _common import (  # noqa: E402
+    SIZES,
+    StepTimes,
+    make_data,
+    make_model,
+    make_trainer,
+    median,
+    num_params,
+    setup_malloc,
+    spread,
+)
 
 KINDS = {"ours": "sft", "trl": "trl"}  # report name -> `make_trainer` kind
 
@@ -66,17 +76,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="steps discarded at the start of each round")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's malloc as it is (see keep_freed_memory)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny size, two short rounds: checks it runs")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.batch, args.rounds, args.steps, args.warmup = "tiny", 4, 2, 4, 1
     args.batch = args.batch or SIZES[args.size].batch
     torch.set_num_threads(args.threads)
+    malloc = setup_malloc(args.default_malloc)
     with tempfile.TemporaryDirectory() as out:
         report = {
             "size": args.size,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "threads": torch.get_num_threads(),
+            "malloc": malloc,
             "batch": args.batch,
             "rounds": args.rounds,
             **measure(args.size, args.batch, args.rounds, args.steps, args.warmup, out),

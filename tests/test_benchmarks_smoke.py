@@ -33,6 +33,7 @@ def assert_positive_numbers(report: dict, keys: list[str]) -> None:
 def test_bench_psft_smoke():
     report = run_smoke("bench_psft.py")
     assert report["size"] == "tiny"
+    assert report["malloc"] in ("kept", "default")
     assert_positive_numbers(report, ["t_sft", "t_psft", "t_fwd", "ratio", "floor", "ratio_over_floor"])
     assert report["ratio_by_position_over_floor"] == pytest.approx(
         report["ratio_by_position"] / report["floor"]
