@@ -21,7 +21,7 @@ LOGPROB_CHUNK_SIZE = 32768
 """Vocabulary columns scored at a time on CUDA and XPU: the tile width of TRL's fused head and Triton kernel."""
 CPU_LOGPROB_CHUNK_SIZE = 1024
 """Columns at a time elsewhere (CPU, torch ops on each tile): a tile that stays in cache. Against 32768 on CPU,
-measured 1.1-1.7x faster and about 10x less memory (`benchmarks/README.md`)."""
+measured 1.02-1.17x faster and about 10x less memory (`benchmarks/README.md`)."""
 
 
 def chunk_size(device: torch.device) -> int:
