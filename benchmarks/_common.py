@@ -6,6 +6,7 @@ length (prompt + completion, loss on the completion only), so every step does th
 
 from __future__ import annotations
 
+import argparse
 import copy
 import ctypes
 import os
@@ -83,6 +84,23 @@ def setup_malloc(default: bool) -> str:
     if os.environ.get("PSFT_BENCH_DEFAULT_MALLOC") or not keep_freed_memory():
         return "default"
     return "kept"
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The options every timing script shares: size, micro-batch, torch threads and the allocator."""
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--batch", type=int, help="micro-batch size (default: the size's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's malloc as it is (see keep_freed_memory)"
+    )
+
+
+def apply_common_args(args: argparse.Namespace) -> str:
+    """Fill in the size's micro-batch, set the threads and the allocator; returns the report's `malloc`."""
+    args.batch = args.batch or SIZES[args.size].batch
+    torch.set_num_threads(args.threads)
+    return setup_malloc(args.default_malloc)
 
 
 def make_model(size: str, seed: int = 0) -> PreTrainedModel:

@@ -29,13 +29,14 @@ from _common import (  # noqa: E402
     SIZES,
     PeakMemory,
     StepTimes,
+    add_common_args,
+    apply_common_args,
     make_data,
     make_model,
     make_trainer,
     median,
     num_params,
     per_step_over_rollouts,
-    setup_malloc,
     spread,
     sync,
 )
@@ -93,10 +94,12 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
             for i, t in enumerate(timers[kind].times[k:]):
                 by_position[kind][i % k].append(t)
         names = list(FORWARD_MODES) if r % 2 == 0 else list(reversed(FORWARD_MODES))
+        standalone_start = len(old_pass_times)
         for name in names:
             fn = FORWARD_MODES[name]
             fn(psft, mb)  # warm-up
             fwd[name] += time_call(lambda fn=fn: fn(psft, mb), max(k - 1, 1))
+        del old_pass_times[standalone_start:]  # the "trainer" mode goes through the wrapper too: not training
     t_sft, t_psft, t_fwd = median(per_step["sft"]), median(per_step["psft"]), median(fwd["trainer"])
     ratio = t_psft / t_sft
     floor = 1 + (k - 1) / k * t_fwd / t_sft
@@ -181,28 +184,21 @@ def measure_memory(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--batch", type=int, help="micro-batch size (default: the size's)")
+    add_common_args(parser)
     parser.add_argument("--k", type=int, default=8, help="PSFT mini-batches per rollout")
     parser.add_argument("--rounds", type=int, default=4, help="alternating SFT/PSFT rounds")
     parser.add_argument("--rollouts", type=int, default=3, help="rollouts per round (the first is warm-up)")
     parser.add_argument("--vocab", type=int, help="override the size's vocabulary (not for tiny)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
-    parser.add_argument(
-        "--default-malloc", action="store_true", help="leave glibc's malloc as it is (see keep_freed_memory)"
-    )
     parser.add_argument("--smoke", action="store_true", help="tiny size, one short round: checks it runs")
     parser.add_argument("--probe", choices=["sft", "psft", "old", "old_fused"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.batch, args.k, args.rounds, args.rollouts, args.vocab = "tiny", 4, 4, 1, 2, None
-    args.batch = args.batch or SIZES[args.size].batch
+    malloc = apply_common_args(args)
     if args.vocab:
         if args.size == "tiny":
             parser.error("--vocab: the tiny model's vocabulary is its tokenizer's")
         SIZES[args.size] = replace(SIZES[args.size], vocab=args.vocab)
-    torch.set_num_threads(args.threads)
-    malloc = setup_malloc(args.default_malloc)
     with tempfile.TemporaryDirectory() as out:
         if args.probe:
             report = probe(args.size, args.batch, args.probe, args.k, args.rollouts, out)

@@ -23,12 +23,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
     SIZES,
     StepTimes,
+    add_common_args,
+    apply_common_args,
     make_data,
     make_model,
     make_trainer,
     median,
     num_params,
-    setup_malloc,
     spread,
 )
 
@@ -70,22 +71,15 @@ def measure(size: str, batch: int, rounds: int, steps: int, warmup: int, out: st
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--batch", type=int, help="micro-batch size (default: the size's)")
+    add_common_args(parser)
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="steps discarded at the start of each round")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
-    parser.add_argument(
-        "--default-malloc", action="store_true", help="leave glibc's malloc as it is (see keep_freed_memory)"
-    )
     parser.add_argument("--smoke", action="store_true", help="tiny size, two short rounds: checks it runs")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.batch, args.rounds, args.steps, args.warmup = "tiny", 4, 2, 4, 1
-    args.batch = args.batch or SIZES[args.size].batch
-    torch.set_num_threads(args.threads)
-    malloc = setup_malloc(args.default_malloc)
+    malloc = apply_common_args(args)
     with tempfile.TemporaryDirectory() as out:
         report = {
             "size": args.size,
