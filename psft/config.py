@@ -67,6 +67,17 @@ class PSFTConfig(SFTConfig):
             An optimizer step whose loss or gradient is not finite is skipped (no parameter, optimizer-state or
             LR-scheduler update; counted in the `nonfinite_skipped` metric). Training stops with an error after
             this many such steps in a row.
+
+    Defaults that differ from TRL's `SFTConfig`, so that the same config runs on a laptop CPU and on a GPU:
+
+        bf16 (`bool` or `None`, *optional*, defaults to `None`):
+            Unset: bf16 mixed precision where the accelerator supports it (an Ampere or newer GPU, XPU, NPU, ...),
+            full precision on a CPU or older GPU. SFTConfig's unset value is always `True`, which fails on a CPU.
+        gradient_checkpointing (`bool` or `None`, *optional*, defaults to `None`):
+            Deprecated alias of `activation_checkpointing` (transformers 5). With neither set, activation
+            checkpointing is on, as in SFTConfig, without transformers' deprecation warning.
+        dataloader_pin_memory:
+            Turned off where there is no accelerator to pin memory for (it only warns there).
     """
 
     learning_rate: float = field(
@@ -143,8 +154,19 @@ class PSFTConfig(SFTConfig):
         default=10,
         metadata={"help": "Non-finite loss/gradient steps are skipped; stop after this many in a row."},
     )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Unset: on where the GPU/accelerator supports it, off on a CPU."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated alias of activation_checkpointing. With neither set, checkpointing is on (TRL)."
+        },
+    )
 
     def __post_init__(self):
+        self._default_precision_and_memory()
         self.loss_type = LOSS_ALIASES.get(self.loss_type, self.loss_type)
         try:
             spec = get_loss(self.loss_type)
@@ -197,6 +219,18 @@ class PSFTConfig(SFTConfig):
             )
         super().__post_init__()
 
+    def _default_precision_and_memory(self) -> None:
+        """Fill the unset fields that TRL's defaults would make fail or warn on a CPU (see the docstring)."""
+        from transformers.utils import is_torch_bf16_gpu_available
+
+        accelerator = not self.use_cpu and _accelerator_available()
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and accelerator and is_torch_bf16_gpu_available()
+        if self.gradient_checkpointing is None and self.activation_checkpointing is None:
+            self.activation_checkpointing = True
+        if self.dataloader_pin_memory and not accelerator:
+            self.dataloader_pin_memory = False
+
     @property
     def needs_old_log_probs(self) -> bool:
         """Whether the objective reads the old policy's log-probs."""
@@ -207,3 +241,10 @@ class PSFTConfig(SFTConfig):
         """Whether training needs the reference (initial) model's log-probs."""
         spec = get_loss(self.loss_type)
         return "ref_log_probs" in spec.tensors or (self.old_policy == "fixed" and self.needs_old_log_probs)
+
+
+def _accelerator_available() -> bool:
+    """Whether torch sees a GPU or other accelerator (CUDA, XPU, MPS, ...)."""
+    import torch
+
+    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()

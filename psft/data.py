@@ -33,7 +33,7 @@ def load_sft_dataset(
 ) -> Dataset | IterableDataset:
     """Load one split from a local file (by extension), the built-in suite (`psft/<task>`) or the hub, and
     check every record is one TRL trains on (`validate_records`); with `skip_invalid`, drop and count bad ones."""
-    if name_or_path.startswith(BUILTIN_PREFIX) and not os.path.exists(name_or_path):
+    if is_builtin(name_or_path):
         return builtin_dataset(name_or_path[len(BUILTIN_PREFIX) :], split)
     extension = os.path.splitext(name_or_path)[1].lower()
     if extension in LOCAL_BUILDERS or os.path.exists(name_or_path):
@@ -57,14 +57,27 @@ def load_sft_dataset(
     return validate_records(dataset, name_or_path, text_field, skip_invalid)
 
 
-def builtin_dataset(task: str, split: str = "train") -> Dataset:
-    """A task of the built-in suite as conversational records: the fixed training set or the held-out test set."""
-    from psft.tasks import IN_DOMAIN_TRAIN_SIZE, generate, to_record
+def is_builtin(name: str) -> bool:
+    """Whether `name` is a dataset of the built-in suite (`psft/<task>`) rather than a local path."""
+    return name.startswith(BUILTIN_PREFIX) and not os.path.exists(name)
 
+
+def builtin_rows(name: str, split: str = "train", fmt: str = "messages") -> list[dict[str, Any]]:
+    """Records of `psft/<task>` (`psft/general`: every general task): the fixed training set or the held-out
+    test set, in a TRL format (`psft.tasks.to_record`), with `task`, `answer` and `checker` fields."""
+    from psft.tasks import GENERAL_TASKS, IN_DOMAIN_TRAIN_SIZE, generate, to_record
+
+    task = name[len(BUILTIN_PREFIX) :] if name.startswith(BUILTIN_PREFIX) else name
     if split not in ("train", "test"):
         raise UserError(f"{BUILTIN_PREFIX}{task}: no split {split!r}; built-in datasets have train and test")
     size = IN_DOMAIN_TRAIN_SIZE if split == "train" else BUILTIN_TEST_SIZE
-    return Dataset.from_list([to_record(example) for example in generate(task, size, seed=0, split=split)])
+    tasks = GENERAL_TASKS if task == "general" else (task,)
+    return [to_record(ex, fmt) for t in tasks for ex in generate(t, size, seed=0, split=split)]
+
+
+def builtin_dataset(task: str, split: str = "train") -> Dataset:
+    """A task of the built-in suite as conversational records: the fixed training set or the held-out test set."""
+    return Dataset.from_list(builtin_rows(task, split))
 
 
 def check_jsonl(path: str, text_field: str = "text", skip_invalid: bool = False) -> list[int]:

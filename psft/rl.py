@@ -23,7 +23,7 @@ from typing import Any
 from datasets import Dataset
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
-from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE
+from psft.data import BUILTIN_PREFIX, builtin_rows, is_builtin
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.eval.entropy import mean_token_entropy
@@ -98,15 +98,8 @@ class RLArguments:
 def load_data_rows(name: str, split: str = "test", per_task: int | None = None) -> list[dict[str, Any]]:
     """Rows of `psft/<task>` (`psft/general`: every general task), a local file or a hub dataset; with
     `per_task`, the first `per_task` rows of each `task`."""
-    from psft.tasks import GENERAL_TASKS, IN_DOMAIN_TRAIN_SIZE, generate, to_record
-
-    if name.startswith(BUILTIN_PREFIX) and not Path(name).exists():
-        task = name[len(BUILTIN_PREFIX) :]
-        size = IN_DOMAIN_TRAIN_SIZE if split == "train" else BUILTIN_TEST_SIZE
-        names = GENERAL_TASKS if task == "general" else (task,)
-        rows = [
-            to_record(ex, "prompt_completion") for t in names for ex in generate(t, size, seed=0, split=split)
-        ]
+    if is_builtin(name):
+        rows = builtin_rows(name, split, "prompt_completion")
     else:
         rows = load_rows(name, split)
     if per_task is None:

@@ -37,6 +37,7 @@ from psft.logprobs import label_log_probs, uses_own_forward
 from psft.losses import get_loss, token_mean
 from psft.reference import ReferenceTable, labels_for_every_token
 from psft.reliability import ReliabilityMixin
+from psft.tiny import resolve_model_name
 
 logger = logging.get_logger(__name__)
 
@@ -74,6 +75,8 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
 
     def __init__(self, model: Any, args: TrainingArguments | None = None, **kwargs: Any):
         args = _to_psft_config(args, model)
+        if isinstance(model, str):  # built-in names (`psft/tiny-base`) load from the package, not the hub
+            model = resolve_model_name(model)
         # SFTTrainer.__init__ only knows its own loss names; ours were validated by PSFTConfig.
         loss_type, args.loss_type = args.loss_type, "nll"
         try:

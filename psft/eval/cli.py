@@ -39,12 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1, help="samples per prompt (avg@n, pass@n); needs --temperature")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="decoding budget (default: what the model holds: its max_position_embeddings minus the longest prompt)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="sequences per generation batch")
     p.add_argument("--limit", type=int, help="evaluate only the first N records")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="eval_out", help="directory for metrics.json and samples.jsonl")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS, else the idle CPUs)"
+    )
     p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval task names")
     p.add_argument("--lm-eval-include", help="directory of custom lm-eval task YAMLs")
     p.add_argument("--drift-base", help="base checkpoint to measure drift from (needs --drift-data)")
@@ -72,6 +79,22 @@ def load_model(name: str, device: str):
     except (OSError, ValueError) as err:
         raise UserError(f"{name}: cannot load model/tokenizer: {str(err).splitlines()[0]}") from err
     return model.eval(), tokenizer
+
+
+def default_max_new_tokens(model, tokenizer, records: list) -> int:
+    """The decoding budget the model can hold: its `max_position_embeddings` minus the longest prompt
+    (256 for a model that does not say); an error when a prompt leaves no room."""
+    from psft.eval.generate import encode_prompt
+
+    positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if not positions:
+        return 256
+    longest = max((len(encode_prompt(tokenizer, r.prompt)) for r in records), default=0)
+    if longest >= positions:
+        raise UserError(
+            f"a prompt of {longest} tokens fills the model's {positions} positions: shorten it or drop it"
+        )
+    return positions - longest
 
 
 def _drift_texts(data: str, tokenizer) -> list[str]:
@@ -136,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
             n=args.n,
             temperature=args.temperature,
             top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=args.max_new_tokens or default_max_new_tokens(model, tokenizer, records),
             batch_size=args.batch_size,
             checker=args.checker,
             seed=args.seed,
@@ -196,8 +219,16 @@ def print_table(metrics: dict) -> None:
 
 def main(argv: list[str]) -> int:
     """Entry point for `psft eval`."""
+    import time
+
+    from psft.threads import configure_threads
+
     args = build_parser().parse_args(argv)
+    configure_threads(args.threads)
+    start = time.perf_counter()
     metrics = run(args)
     print_table(metrics)
-    print(f"wrote {Path(args.output) / 'metrics.json'}")
+    out = Path(args.output)
+    wrote = [out / "metrics.json"] + ([out / "samples.jsonl"] if "generation" in metrics else [])
+    print(f"psft eval: done in {time.perf_counter() - start:.1f} s; wrote {', '.join(map(str, wrote))}")
     return 0

@@ -30,9 +30,14 @@ class EvalRecord:
 
 
 def load_rows(data: str, split: str = "test") -> list[dict[str, Any]]:
-    """Rows of a local JSON/JSONL/Parquet file, or of a hub dataset's `split`."""
+    """Rows of a local JSON/JSONL/Parquet file, of a built-in dataset (`psft/<task>`), or of a hub dataset's
+    `split`."""
     import datasets
 
+    from psft.data import builtin_rows, is_builtin
+
+    if is_builtin(data):
+        return builtin_rows(data, split)
     path = Path(data)
     if path.suffix in _FORMATS or path.exists():
         if not path.is_file():
