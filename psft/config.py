@@ -156,7 +156,9 @@ class PSFTConfig(SFTConfig):
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bf16 mixed precision. Unset: on where the GPU/accelerator supports it, off on a CPU."},
+        metadata={
+            "help": "bf16 mixed precision. Unset: on where the GPU/accelerator supports it, off on a CPU."
+        },
     )
     gradient_checkpointing: bool | None = field(
         default=None,
