@@ -324,7 +324,14 @@ def make_parser() -> TrlParser:
 
 def main(argv: list[str]) -> int:
     """One GRPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    rl_args, config, model_args = make_parser().parse_args_and_config(args=argv)
+    from psft.cli_help import show_help
+    from psft.threads import configure_threads
+
+    parser = make_parser()
+    if show_help(argv, parser, "psft rl --config rl.yaml [--key value ...]   (every YAML field is also a flag)"):
+        return 0
+    rl_args, config, model_args = parser.parse_args_and_config(args=argv)
+    configure_threads()
     config.model_init_kwargs = dict(
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,

@@ -10,17 +10,37 @@ and `TrainingArguments`, plus the PSFT fields), `ModelConfig` (model_name_or_pat
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_dataset, get_peft_config
 
+from psft.cli_help import show_help
 from psft.config import PSFTConfig
 from psft.data import check_chat_template, load_sft_dataset, validate_records
 from psft.errors import UserError
 from psft.tiny import resolve_model_name
 
+USAGE = "psft train --config run.yaml [--key value ...]   (every YAML field is also a flag)"
+
+
+@dataclass
+class RunArguments:
+    """How `psft train` runs on this machine (not part of the training config)."""
+
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads for torch. Unset: OMP_NUM_THREADS, else the CPUs not busy with other jobs."
+        },
+    )
+
 
 def make_parser() -> TrlParser:
     """The argument parser of `psft train` (also reads `--config FILE.yaml`)."""
-    return TrlParser((ScriptArguments, PSFTConfig, ModelConfig, DatasetMixtureConfig), prog="psft train")
+    return TrlParser(
+        (ScriptArguments, PSFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments), prog="psft train"
+    )
 
 
 def load_datasets(
@@ -54,9 +74,14 @@ def load_datasets(
 
 def main(argv: list[str]) -> int:
     """Parse, load data and model, train, save the final model to `output_dir`."""
+    from psft.threads import configure_threads
     from psft.trainer import PSFTTrainer
 
-    script_args, training_args, model_args, dataset_args = make_parser().parse_args_and_config(args=argv)
+    parser = make_parser()
+    if show_help(argv, parser, USAGE):
+        return 0
+    script_args, training_args, model_args, dataset_args, run_args = parser.parse_args_and_config(args=argv)
+    configure_threads(run_args.threads)
     if not model_args.model_name_or_path:
         raise UserError("no model: set model_name_or_path (hub name, local directory or psft/tiny-base)")
     train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
@@ -88,8 +113,21 @@ def main(argv: list[str]) -> int:
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the last checkpoint in output_dir
         resume = True
-    trainer.train(resume_from_checkpoint=resume)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Saved the model to {training_args.output_dir}")
+    trainer.save_state()  # trainer_state.json: every logged metric, step by step
+    trainer.accelerator.print(summary_line(trainer, result.global_step, time.perf_counter() - start))
     trainer.end()
     return 0
+
+
+def summary_line(trainer, steps: int, seconds: float) -> str:
+    """One line at the end of a run: what was done and where it went."""
+    logs = [entry for entry in trainer.state.log_history if "nll" in entry]
+    nll = f", last logged NLL {logs[-1]['nll']:.3g}" if logs else ""
+    out = trainer.args.output_dir
+    return (
+        f"psft train: {steps} optimizer steps in {seconds:.0f} s{nll}; model saved to {out}, "
+        f"logged metrics in {out}/trainer_state.json"
+    )
