@@ -44,6 +44,14 @@ logger = logging.get_logger(__name__)
 OLD_LOG_PROBS = "old_log_probs"
 REF_LOG_PROBS = "ref_log_probs"
 REFERENCE_FILE = "reference_log_probs.pt"
+LARGE_RATIO = 100.0
+LARGE_RATIO_NOTE = (
+    "ratio/max is above 100 (ratio/mean and approx_kl, means over tokens, follow it): tokens whose probability "
+    "at the rollout start was tiny have risen by orders of magnitude within the rollout. This is expected while "
+    "the data is new to the model (psft/tiny-base gives most psft/arith tokens a probability below 1e-4); "
+    "such tokens are clipped (zero gradient, counted in clip_ratio/high), so each update stays bounded. "
+    "If it persists over many rollouts while nll stops falling, lower learning_rate or mini_batches_per_rollout."
+)
 
 
 def _to_psft_config(args: TrainingArguments | None, model: Any) -> PSFTConfig:
@@ -376,6 +384,8 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
                 logs["ratio/mean"] = sums["ratio"] / metric_tokens
                 logs["ratio/max"] = ratio_max.item()
                 logs["approx_kl"] = sums["approx_kl"] / metric_tokens
+                if logs["ratio/max"] > LARGE_RATIO:
+                    logger.warning_once(LARGE_RATIO_NOTE)
             if "kl_ref" in sums:
                 logs["kl_ref"] = sums["kl_ref"] / metric_tokens
             if self._needs_old_log_probs():
