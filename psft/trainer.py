@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections import defaultdict
 from dataclasses import fields
 from pathlib import Path
@@ -31,7 +32,7 @@ from transformers.trainer_utils import has_length
 from transformers.utils import logging
 from trl import SFTTrainer
 
-from psft.config import LOSS_ALIASES, PSFTConfig
+from psft.config import LOSS_ALIASES, PSFTConfig, _accelerator_available
 from psft.errors import UserError
 from psft.logprobs import label_log_probs, uses_own_forward
 from psft.losses import get_loss, token_mean
@@ -85,6 +86,8 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         args = _to_psft_config(args, model)
         if isinstance(model, str):  # built-in names (`psft/tiny-base`) load from the package, not the hub
             model = resolve_model_name(model)
+        if not _accelerator_available():  # DeepSpeed (imported by accelerate) would warn that it found no GPU
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         # SFTTrainer.__init__ only knows its own loss names; ours were validated by PSFTConfig.
         loss_type, args.loss_type = args.loss_type, "nll"
         try:
