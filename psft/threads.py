@@ -8,7 +8,7 @@ with one thread. `configure_threads` picks the count once per command, in this o
 2. the `OMP_NUM_THREADS` environment variable;
 3. the CPUs available to the process (CPU affinity, capped by a cgroup CPU quota), minus the load the
    rest of the machine already keeps busy (whole units of the 1-minute load average), divided among `jobs`
-   processes.
+   and among the processes of one `accelerate launch` / `torchrun` on this machine (`LOCAL_WORLD_SIZE`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def choose_threads(requested: int | None = None, jobs: int = 1) -> tuple[int, st
             raise UserError(f"OMP_NUM_THREADS must be a whole number, got {env!r}") from None
         if value >= 1:
             return value, "set by OMP_NUM_THREADS"
+    jobs *= int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # processes of one launch on this machine
     cpus = available_cpus()
     try:
         load = os.getloadavg()[0]
@@ -80,7 +81,7 @@ def configure_threads(requested: int | None = None, jobs: int = 1, announce: boo
 
     threads, reason = choose_threads(requested, jobs)
     torch.set_num_threads(threads)
-    if announce:
+    if announce and os.environ.get("LOCAL_RANK", "0") == "0":  # one line per machine, not per process
         print(
             f"psft: {threads} CPU thread{'s' if threads > 1 else ''} ({reason}; override with --threads N "
             "or OMP_NUM_THREADS)",

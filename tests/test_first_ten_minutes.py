@@ -26,6 +26,13 @@ def python_snippet() -> str:
     return re.search(r"## Python\n.*?```python\n(.*?)```", readme, re.S).group(1)
 
 
+def test_every_python_block_of_the_readme_compiles():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        compile(block, f"README.md python block {i}", "exec")
+
+
 def test_readme_python_snippet_runs_verbatim_offline_on_cpu(tmp_path, monkeypatch):
     """~10-25 s on one thread: the snippet itself, unchanged (built-in model and task, 16 steps)."""
     monkeypatch.chdir(tmp_path)
@@ -81,6 +88,9 @@ def test_threads_precedence_option_then_env_then_free_cpus(monkeypatch):
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (5.7, 0, 0))  # 5 CPUs kept busy by other jobs
     assert threads.choose_threads()[0] == 3
     assert threads.choose_threads(jobs=2)[0] == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # three processes of one launch share the 3 free CPUs
+    assert threads.choose_threads()[0] == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (40.0, 0, 0))
     assert threads.choose_threads()[0] == 1
     with pytest.raises(Exception, match="threads must be >= 1"):
