@@ -148,6 +148,9 @@ def test_eval_reads_builtin_data_and_budgets_tokens_to_the_model(tmp_path, capsy
     model, tokenizer = load_model("psft/tiny-base", "cpu")
     longest = max(len(encode_prompt(tokenizer, r.prompt)) for r in records)
     assert default_max_new_tokens(model, tokenizer, records) == model.config.max_position_embeddings - longest
+    too_long = load_records([{"prompt": "x" * 200, "completion": "y"}])
+    with pytest.raises(Exception, match="fills the model's 128 positions"):
+        default_max_new_tokens(model, tokenizer, too_long)
     out = tmp_path / "eval"
     assert (
         main(
