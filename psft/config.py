@@ -225,7 +225,7 @@ class PSFTConfig(SFTConfig):
         """Fill the unset fields that TRL's defaults would make fail or warn on a CPU (see the docstring)."""
         from transformers.utils import is_torch_bf16_gpu_available
 
-        accelerator = not self.use_cpu and _accelerator_available()
+        accelerator = not self.use_cpu and accelerator_available()
         if self.bf16 is None:
             self.bf16 = not self.fp16 and accelerator and is_torch_bf16_gpu_available()
         if self.gradient_checkpointing is None and self.activation_checkpointing is None:
@@ -245,7 +245,7 @@ class PSFTConfig(SFTConfig):
         return "ref_log_probs" in spec.tensors or (self.old_policy == "fixed" and self.needs_old_log_probs)
 
 
-def _accelerator_available() -> bool:
+def accelerator_available() -> bool:
     """Whether torch sees a GPU or other accelerator (CUDA, XPU, MPS, ...)."""
     import torch
 

@@ -32,7 +32,7 @@ from transformers.trainer_utils import has_length
 from transformers.utils import logging
 from trl import SFTTrainer
 
-from psft.config import LOSS_ALIASES, PSFTConfig, _accelerator_available
+from psft.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.errors import UserError
 from psft.logprobs import label_log_probs, uses_own_forward
 from psft.losses import get_loss, token_mean
@@ -49,8 +49,8 @@ LARGE_RATIO = 100.0
 LARGE_RATIO_NOTE = (
     "ratio/max is above 100 (ratio/mean and approx_kl, means over tokens, follow it): tokens whose probability "
     "at the rollout start was tiny have risen by orders of magnitude within the rollout. This is expected while "
-    "the data is new to the model (psft/tiny-base gives most psft/arith tokens a probability below 1e-4); "
-    "such tokens are clipped (zero gradient, counted in clip_ratio/high), so each update stays bounded. "
+    "the data is new to the model (psft/tiny-base, for one, gives most psft/arith tokens a probability below "
+    "1e-4); such tokens are clipped (zero gradient, counted in clip_ratio/high), so each update stays bounded. "
     "If it persists over many rollouts while nll stops falling, lower learning_rate or mini_batches_per_rollout."
 )
 
@@ -86,7 +86,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         args = _to_psft_config(args, model)
         if isinstance(model, str):  # built-in names (`psft/tiny-base`) load from the package, not the hub
             model = resolve_model_name(model)
-        if not _accelerator_available():  # DeepSpeed (imported by accelerate) would warn that it found no GPU
+        if not accelerator_available():  # DeepSpeed (imported by accelerate) would warn that it found no GPU
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         # SFTTrainer.__init__ only knows its own loss names; ours were validated by PSFTConfig.
         loss_type, args.loss_type = args.loss_type, "nll"

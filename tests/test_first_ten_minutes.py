@@ -50,7 +50,7 @@ def test_readme_python_snippet_runs_verbatim_offline_on_cpu(tmp_path, monkeypatc
 
 def fake_bf16_gpu(monkeypatch):
     """Make transformers and psft believe a bf16-capable GPU is present (the checks only, no device use)."""
-    monkeypatch.setattr("psft.config._accelerator_available", lambda: True)
+    monkeypatch.setattr("psft.config.accelerator_available", lambda: True)
     monkeypatch.setattr(transformers.utils, "is_torch_bf16_gpu_available", lambda: True)
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
 
