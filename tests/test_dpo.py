@@ -305,3 +305,41 @@ def test_compare_dpo_chains_the_same_dpo_run_from_every_fine_tuned_method(tmp_pa
         assert result["before_dpo"]["preference"]["reference"] == str(tiny_model_dir)
         assert result["before_dpo"]["drift"]["kl"] > 0  # fine-tuned: it moved from the base
         assert (tmp_path / "cmp" / "dpo" / name / "model.safetensors").is_file()
+
+
+def test_plain_pairs_on_a_bpe_tokenizer_whose_tokens_merge_across_the_prompt_boundary(tmp_path):
+    """A trained byte-level BPE (as real tokenizers are): prompt and completion merge into one token at the
+    boundary, so the completion starts where the token lists diverge; ours must cut where TRL cuts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from psft.tiny import make_tiny_llama
+
+    rows = pairs_rows(12, plain=True)
+    for r in rows:
+        r["prompt"] = r["prompt"].rstrip("\n")  # "...braces." + "{x}": "." and "{" may merge
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = [r["prompt"] + r["chosen"] for r in rows] * 20
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+    merged = [
+        r
+        for r in rows
+        if tokenizer(r["prompt"])["input_ids"]
+        != tokenizer(r["prompt"] + r["chosen"])["input_ids"][: len(tokenizer(r["prompt"])["input_ids"])]
+    ]
+    assert merged, "no pair merges across the boundary: the test would not test it"
+    model_dir = tmp_path / "bpe-model"
+    make_tiny_llama(
+        tokenizer, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32
+    ).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    trainer = DPOTrainer(
+        model=str(model_dir), args=DPOConfig(**dpo_args(tmp_path)), train_dataset=Dataset.from_list(rows)
+    )
+    for row, prepared in zip(rows, trainer.train_dataset, strict=True):
+        assert tokenize_pair(trainer.processing_class, row) == {
+            k: prepared[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")
+        }
