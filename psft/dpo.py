@@ -406,6 +406,11 @@ def run_dpo_stage(
     preference metrics on held-out pairs (`eval_pairs`, default `train_data`'s `test_split`; `PreferenceProbe`)
     and accuracy, entropy and (with `base_model`) drift before and after it: `psft.stage.run_chain`. Returns
     the report, also written as JSON to `report_path` (default `args.output_dir/dpo_report.json`)."""
+    if eval_pairs is None and os.path.isfile(train_data):
+        raise UserError(
+            f"{train_data} is a file, with no test split: set eval_pairs to a file of held-out pairs "
+            "(its own pairs would not be held out)"
+        )
     train = load_preference_dataset(train_data, "train", dataset_config)
     pairs_name = eval_pairs or train_data
     held_out = load_preference_dataset(pairs_name, test_split, dataset_config)

@@ -11,6 +11,7 @@ preference accuracy). The report goes to JSON after every checkpoint and `format
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -185,6 +186,7 @@ def run_chain(
     )
 
     def measure(model: Any, tokenizer: Any, name: str, phase: str) -> dict[str, Any]:
+        print(f"{stage} chain: evaluating {name} {phase} {stage}", file=sys.stderr, flush=True)
         result = evaluate_model(model, tokenizer, sets, **generation)
         result["drift"] = _drift(model, stats)
         if probe is not None:
@@ -197,6 +199,9 @@ def run_chain(
         before = measure(model, AutoTokenizer.from_pretrained(model_dir), name, "before")
         del model
         stage_dir = str(output_dir / name)
+        print(
+            f"{stage} chain: {stage} from {name} ({checkpoint}) into {stage_dir}", file=sys.stderr, flush=True
+        )
         start = time.perf_counter()
         trainer = train(checkpoint, stage_dir)
         seconds = time.perf_counter() - start

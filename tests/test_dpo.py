@@ -241,6 +241,8 @@ def test_chain_runs_dpo_from_each_checkpoint_and_reports_before_and_after(tmp_pa
         eval_pairs_limit=10, in_domain="psft/pref-sft", out_of_domain=["psft/upper", "psft/json"], eval_limit=2,
         max_new_tokens=4, base_model=str(tiny_model_dir),
     )  # fmt: skip
+    with pytest.raises(UserError, match="set eval_pairs"):  # a file's own pairs are not held out
+        run_dpo_stage({"a": str(tiny_model_dir)}, args, str(pairs))
     saved = json.loads((tmp_path / "dpo" / "dpo_report.json").read_text())
     assert saved["stage"] == "dpo" and saved["dpo"]["beta"] == 0.1 and saved["dpo"]["num_pairs"] == 16
     assert saved["methods"].keys() == {"a", "b"}
