@@ -24,7 +24,7 @@ from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.stage import format_report
 from psft.tasks import PREFERENCE_TASKS, generate
-from psft.tasks.preference import WRAPPERS, _unwrap
+from psft.tasks.preference import WRAPPERS, unwrap
 
 
 def test_preference_pairs_prefer_the_right_answer_in_the_requested_shape():
@@ -43,7 +43,7 @@ def test_preference_pairs_prefer_the_right_answer_in_the_requested_shape():
         chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
         assert check(chosen, p["answer"]) and not check(rejected, p["answer"])
         example = next(e for e in sft if e.prompt == p["prompt"][0]["content"])
-        answer, (opening, closing) = _unwrap(example)
+        answer, (opening, closing) = unwrap(example)
         assert chosen == opening + answer + closing and p["prompt"][0]["content"].endswith(".")
         in_shape = rejected.startswith(opening) and rejected.endswith(closing) and len(rejected) >= 2
         right = answer in (rejected, rejected[1:-1])
@@ -228,6 +228,11 @@ def test_data_that_is_not_preference_data_is_refused(tmp_path):
     Dataset.from_list([{"prompt": "Q", "completion": "A"}]).to_parquet(tmp_path / "sft.parquet")
     with pytest.raises(UserError, match="no chosen or rejected column"):
         load_preference_dataset(str(tmp_path / "sft.parquet"))
+    Dataset.from_list(
+        [{"prompt": "Q", "chosen": "A", "rejected": "B"}, {"prompt": "Q", "chosen": "A", "rejected": " "}]
+    ).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(UserError, match="bad.parquet: record 1: field 'rejected': is empty"):
+        load_preference_dataset(str(tmp_path / "bad.parquet"))
     (tmp_path / "bad.jsonl").write_text('{"prompt": "Q", "chosen": "A", "rejected": "B"}\n{"prompt": \n')
     with pytest.raises(UserError, match="bad.jsonl:2: invalid JSON"):
         load_preference_dataset(str(tmp_path / "bad.jsonl"))
@@ -345,3 +350,22 @@ def test_plain_pairs_on_a_bpe_tokenizer_whose_tokens_merge_across_the_prompt_bou
         assert tokenize_pair(trainer.processing_class, row) == {
             k: prepared[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")
         }
+
+
+def test_cli_trains_a_lora_adapter_with_dpo(tmp_path, tiny_model_dir):
+    """With PEFT the reference is the model with its adapter disabled (TRL): one step, an adapter saved."""
+    argv = [
+        "dpo",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--dataset_name",
+        "psft/pref",
+        "--use_peft",
+        "true",
+    ]
+    argv += ["--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "1"]
+    argv += ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--report_to", "none"]
+    assert main(argv + ["--gradient_checkpointing", "false", "--per_device_train_batch_size", "4"]) == 0
+    assert (tmp_path / "adapter_model.safetensors").is_file() and not (
+        tmp_path / "model.safetensors"
+    ).exists()

@@ -50,7 +50,7 @@ def sample_pref(rng: random.Random) -> Example:
     return Example(TASK, f"{question} Answer {asked}.", wrapped, wrapped, "exact")
 
 
-def _unwrap(example: Example) -> tuple[str, tuple[str, str]]:
+def unwrap(example: Example) -> tuple[str, tuple[str, str]]:
     """(bare answer, its wrapper) of a `pref` example."""
     asked = example.prompt.rsplit(" Answer ", 1)[1].removesuffix(".")
     wrapper = next(w for a, w in WRAPPERS.values() if a == asked)
@@ -70,7 +70,7 @@ def near_miss(answer: str, rng: random.Random) -> str:
 def rejected_answer(example: Example, seed: int = 0) -> tuple[str, str]:
     """(rejected completion, its kind) for a `pref` example: deterministic in the prompt and `seed`."""
     rng = random.Random(f"{PAIRS_NAME}:{seed}:{example.prompt}")
-    answer, wrapper = _unwrap(example)
+    answer, wrapper = unwrap(example)
     kind = rng.choice(REJECTED_KINDS)
     value = answer if kind == "wrong_format" else near_miss(answer, rng)
     shape = wrapper if kind == "wrong_answer" else rng.choice([s for s in SHAPES if s != wrapper])
