@@ -124,7 +124,7 @@ def preference_problem(record: dict[str, Any]) -> tuple[str, str] | None:
 
 def check_preference_jsonl(path: str) -> None:
     """Check every non-blank line of a JSONL preference file; the error names the first bad line and field."""
-    count = 0
+    count, first = 0, None
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -145,6 +145,10 @@ def check_preference_jsonl(path: str) -> None:
             problem = preference_problem(record)
             if problem is not None:
                 raise UserError(f"{path}:{number}: field {problem[0]!r}: {problem[1]}")
+            kind = "conversational" if isinstance(record["chosen"], list) else "plain-text"
+            first = first or kind
+            if kind != first:
+                raise UserError(f"{path}:{number}: a {kind} record in a {first} file (one format per file)")
     if count == 0:
         raise UserError(f"{path}: the file has no records")
 

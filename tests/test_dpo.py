@@ -202,6 +202,7 @@ def test_preference_data_from_files_plain_conversational_and_implicit_prompt(tmp
             r"bad.jsonl:2: field 'rejected': must be a non-empty list",
         ),
         ({"chosen": "Q A", "rejected": "Q B"}, r"bad.jsonl:2: field 'prompt': missing"),
+        (pairs_rows(1)[0], r"bad.jsonl:2: a conversational record in a plain-text file"),
     ],
 )
 def test_bad_preference_records_are_refused_naming_line_and_field(tmp_path, capsys, bad, message):
@@ -219,7 +220,7 @@ def test_bad_preference_records_are_refused_naming_line_and_field(tmp_path, caps
     ]
     assert main(argv + ["--use_cpu", "true", "--bf16", "false"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "bad.jsonl:2: field" in err
+    assert len(err.strip().splitlines()) == 1 and "bad.jsonl:2: " in err
 
 
 def test_data_that_is_not_preference_data_is_refused(tmp_path):
