@@ -370,3 +370,21 @@ def test_cli_trains_a_lora_adapter_with_dpo(tmp_path, tiny_model_dir):
     assert (tmp_path / "adapter_model.safetensors").is_file() and not (
         tmp_path / "model.safetensors"
     ).exists()
+
+
+def test_probe_without_a_base_is_reference_free_and_after_dpo_also_measures_against_the_start(tiny_model_dir):
+    from psft.dpo import PreferenceProbe
+
+    rows = pairs_rows(6)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    probe = PreferenceProbe(rows, DPOConfig(output_dir="unused", beta=0.5, use_cpu=True, bf16=False))
+    before = probe(model, tokenizer, "a", "before")["preference"]
+    chosen, rejected = pair_log_probs(model, tokenizer, rows)
+    assert before["reference"] is None and before["num_pairs"] == 6
+    assert before["reward_margin"] == pytest.approx(0.5 * before["logp_margin"])
+    assert before["accuracy"] == pytest.approx(float((chosen > rejected).double().mean()))
+    after = probe(model, tokenizer, "a", "after")["preference"]  # same model: nothing moved against the start
+    assert after["accuracy_vs_start"] == 0.0 and after["reward_margin_vs_start"] == pytest.approx(
+        0.0, abs=1e-6
+    )
