@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compare SFT and PSFT on the built-in tiny model and task suite (CPU, no download)",
     ),
     "rl": ("psft.rl", "RL (TRL's GRPO, checker rewards) after fine-tuning; chain SFT->RL vs PSFT->RL"),
+    "dpo": ("psft.dpo", "DPO (TRL's DPOTrainer) on preference pairs after fine-tuning; chain SFT->DPO vs PSFT->DPO"),
 }
 
 

@@ -7,7 +7,7 @@ out-of-domain, drift from the base) by `psft.eval.EvalCallback`, and the results
 terminal table and PNG plots: entropy and clip ratio over training, the in-domain vs out-of-domain
 trade-off of every checkpoint of every run (the Pareto view), and drift.
 
-    psft compare --config compare.yaml [--output_dir DIR] [--quick] [--rl RL_YAML]   # RL: see psft.rl
+    psft compare --config compare.yaml [--output_dir DIR] [--quick] [--rl RL_YAML] [--dpo DPO_YAML]   # see psft.rl, psft.dpo
     psft demo [--quick] [--output_dir DIR]      # compare on the built-in tiny model and task suite
 """
 
@@ -305,6 +305,11 @@ def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
         metavar="RL_YAML",
         help="then the same RL run (psft rl fields) from every method, into OUTPUT_DIR/rl",
     )
+    parser.add_argument(
+        "--dpo",
+        metavar="DPO_YAML",
+        help="then the same DPO run (psft dpo fields) from every method, into OUTPUT_DIR/dpo",
+    )
     return parser
 
 
@@ -332,6 +337,12 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
 
         rl = load_rl_config(args.rl, str(Path(config.output_dir) / "rl"))
         config.save_models = True
+    dpo = None
+    if args.dpo:  # SFT->DPO vs PSFT->DPO: the same DPO run from each method's final model
+        from psft.dpo import load_dpo_config
+
+        dpo = load_dpo_config(args.dpo, str(Path(config.output_dir) / "dpo"))
+        config.save_models = True
     compare(config)
     if rl is not None:
         rl_args, rl_config = rl
@@ -347,4 +358,17 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
             eval_batch_size=rl_args.eval_batch_size,
         )
         print(format_report(report))
+    if dpo is not None:
+        from psft.dpo import run_after_compare
+
+        out = Path(config.output_dir)
+        run_after_compare(
+            {run["name"]: str(out / _safe(run["name"])) for run in config.runs()},
+            dpo,
+            base_model=config.model,
+            in_domain=config.in_domain,
+            out_of_domain=config.out_of_domain or "psft/general",
+            eval_limit=config.eval_size,
+            max_new_tokens=config.max_new_tokens,
+        )
     return 0

@@ -7,15 +7,12 @@ The reward is 1.0 when the row's answer checker (`checker` field: "math" = math-
 "json_answer"/"bracketed", ...; `default_checker` otherwise) accepts the completion, else 0.0, plus an
 optional format reward (`format_reward_weight`, see `psft.rewards`). `RLConfig` is TRL's `GRPOConfig` with
 the paper's DAPO-style defaults. `run_rl_stage` runs the same RL budget from several fine-tuned checkpoints
-and reports in-domain / out-of-domain accuracy and token entropy before and after RL.
+and reports in-domain / out-of-domain accuracy, token entropy and drift before and after RL (`psft.stage`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +20,12 @@ from typing import Any
 from datasets import Dataset
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
-from psft.data import BUILTIN_PREFIX, builtin_rows, is_builtin
+from psft.data import is_builtin
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
-from psft.eval.entropy import mean_token_entropy
-from psft.eval.generate import evaluate_generation
-from psft.eval.records import load_records, load_rows
-from psft.rewards import checker_reward, completion_text, format_reward
+from psft.eval.records import load_records
+from psft.rewards import checker_reward, format_reward
+from psft.stage import StageEval, format_report, load_data_rows, parse_checkpoints, run_chain
 from psft.tiny import resolve_model_name
 
 # fields of the RL budget written to the report, so that runs can be compared
@@ -90,27 +86,15 @@ class RLArguments:
     eval_limit: int = field(default=50, metadata={"help": "Test prompts per task in each evaluation set."})
     eval_max_new_tokens: int = field(default=64, metadata={"help": "Greedy decoding length for accuracy."})
     eval_batch_size: int = field(default=32, metadata={"help": "Prompts decoded per batch."})
+    base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Base model the checkpoints were fine-tuned from: drift is measured from it (none: no drift)."
+        },
+    )
     report_path: str | None = field(
         default=None, metadata={"help": "JSON report; default OUTPUT_DIR/rl_report.json."}
     )
-
-
-def load_data_rows(name: str, split: str = "test", per_task: int | None = None) -> list[dict[str, Any]]:
-    """Rows of `psft/<task>` (`psft/general`: every general task), a local file or a hub dataset; with
-    `per_task`, the first `per_task` rows of each `task`."""
-    if is_builtin(name):
-        rows = builtin_rows(name, split, "prompt_completion")
-    else:
-        rows = load_rows(name, split)
-    if per_task is None:
-        return rows
-    kept, seen = [], Counter()
-    for row in rows:
-        task = str(row.get("task") or "default")
-        if seen[task] < per_task:
-            kept.append(row)
-            seen[task] += 1
-    return kept
 
 
 def load_rl_dataset(name: str, split: str = "train", default_checker: str = "math") -> Dataset:
@@ -118,7 +102,7 @@ def load_rl_dataset(name: str, split: str = "train", default_checker: str = "mat
 
     Rows are any format `psft eval` reads; the reference is `answer`, or else the completion. Every checker
     named is checked to exist before any model loads."""
-    source = load_data_rows(name, split) if name.startswith(BUILTIN_PREFIX) else name
+    source = load_data_rows(name, split) if is_builtin(name) else name
     records = load_records(source, split)
     if not records:
         raise UserError(f"{name}: no records")
@@ -163,49 +147,6 @@ def run_rl(
     return trainer
 
 
-def _demonstration(row: dict[str, Any]) -> tuple[Any, str] | None:
-    """(prompt, reference completion text) of a row, or None if it has no completion."""
-    if row.get("messages"):
-        messages = row["messages"]
-        return (
-            (messages[:-1], completion_text(messages[-1:]))
-            if messages[-1].get("role") == "assistant"
-            else None
-        )
-    if row.get("prompt") is not None and row.get("completion") is not None:
-        return row["prompt"], completion_text(row["completion"])
-    return None
-
-
-def evaluate_model(
-    model: Any,
-    tokenizer: Any,
-    sets: dict[str, list[dict[str, Any]]],
-    *,
-    default_checker: str = "math",
-    max_new_tokens: int = 64,
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Per evaluation set: greedy accuracy (avg@1, overall and per task) and the mean token entropy on the
-    set's reference completions (`psft.eval.entropy`; None for sets without completions)."""
-    out: dict[str, Any] = {}
-    for name, rows in sets.items():
-        result = evaluate_generation(
-            model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            checker=default_checker, progress=False,
-        )  # fmt: skip
-        pairs = [d for d in map(_demonstration, rows) if d is not None]
-        summary = result.summary()
-        out[name] = {
-            "accuracy": summary["overall"]["avg"],
-            "accuracy_stderr": summary["overall"]["avg_stderr"],
-            "num_prompts": summary["overall"]["num_prompts"],
-            "tasks": {t: s["avg"] for t, s in sorted(summary["tasks"].items())},
-            "entropy": mean_token_entropy(model, tokenizer, pairs) if pairs else None,
-        }
-    return out
-
-
 def _train_summary(log_history: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Reward and own-sample entropy at the first and last logged RL steps, steps and wall time."""
     logs = [h for h in log_history if "reward" in h]
@@ -220,10 +161,6 @@ def _train_summary(log_history: list[dict[str, Any]], seconds: float) -> dict[st
     }
 
 
-def _names(names: str | list[str]) -> list[str]:
-    return [names] if isinstance(names, str) else list(names)
-
-
 def run_rl_stage(
     checkpoints: dict[str, str],
     args: RLConfig,
@@ -234,78 +171,36 @@ def run_rl_stage(
     eval_limit: int = 50,
     max_new_tokens: int = 64,
     eval_batch_size: int = 32,
+    base_model: str | None = None,
     report_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """The same RL run (`args`, `train_data`) from each named checkpoint, into `args.output_dir/NAME`, with
-    in-domain and out-of-domain accuracy and entropy before and after it (each evaluation set: one data name
-    or a list, test split, `eval_limit` prompts per task). Returns the report, also
-    written as JSON to `report_path` (default `args.output_dir/rl_report.json`) after each checkpoint."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not checkpoints:
-        raise UserError("no checkpoints to run RL from")
+    in-domain and out-of-domain accuracy, entropy and (with `base_model`) drift before and after it (each
+    evaluation set: one data name or a list, test split, `eval_limit` prompts per task): `psft.stage.run_chain`.
+    Returns the report, also written as JSON to `report_path` (default `args.output_dir/rl_report.json`)."""
     train = load_rl_dataset(train_data, "train", args.default_checker)
-    sets = {
-        group: [row for name in _names(names) for row in load_data_rows(name, "test", eval_limit)]
-        for group, names in (("in_domain", in_domain), ("out_of_domain", out_of_domain))
-    }
-    path = Path(report_path or Path(args.output_dir) / "rl_report.json")
-    evaluate = dict(
-        default_checker=args.default_checker, max_new_tokens=max_new_tokens, batch_size=eval_batch_size
-    )
-    report: dict[str, Any] = {
-        "rl": {"train_data": train_data, "num_prompts": len(train)} | {k: getattr(args, k) for k in BUDGET_FIELDS},
-        "eval": {"in_domain": in_domain, "out_of_domain": out_of_domain, "per_task": eval_limit,
-                 "max_new_tokens": max_new_tokens, "decoding": "greedy"},
-        "methods": {},
-    }  # fmt: skip
-    for name, checkpoint in checkpoints.items():
-        model_dir = resolve_model_name(checkpoint)
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        before = evaluate_model(model, tokenizer, sets, **evaluate)
-        del model
+
+    def train_from(checkpoint: str, output_dir: str) -> Any:
         method_args = copy.copy(args)
-        method_args.output_dir = str(Path(args.output_dir) / name)
-        start = time.perf_counter()
-        trainer = run_rl(checkpoint, train, method_args)
-        seconds = time.perf_counter() - start
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        after = evaluate_model(policy, trainer.processing_class, sets, **evaluate)
-        report["methods"][name] = {
-            "checkpoint": checkpoint, "rl_output_dir": method_args.output_dir, "before_rl": before,
-            "after_rl": after, "rl_train": _train_summary(trainer.state.log_history, seconds),
-        }  # fmt: skip
-        del trainer, policy
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return report
+        method_args.output_dir = output_dir
+        return run_rl(checkpoint, train, method_args)
 
-
-def format_report(report: dict[str, Any]) -> str:
-    """A plain-text table: accuracy and entropy per method, before and after RL."""
-    lines = [f"{'method':<10} {'stage':<10} {'in-dom acc':>10} {'ood acc':>8} {'in-dom H':>9} {'ood H':>7}"]
-    for name, result in report["methods"].items():
-        for stage in ("before_rl", "after_rl"):
-            m = result[stage]
-            cells = [m["in_domain"]["accuracy"], m["out_of_domain"]["accuracy"]]
-            cells += [m["in_domain"]["entropy"], m["out_of_domain"]["entropy"]]
-            text = ["-" if c is None else f"{c:.3f}" for c in cells]
-            lines.append(f"{name:<10} {stage:<10} {text[0]:>10} {text[1]:>8} {text[2]:>9} {text[3]:>7}")
-    return "\n".join(lines)
-
-
-def parse_checkpoints(pairs: list[str]) -> dict[str, str]:
-    """`["sft=runs/sft", "psft=runs/psft"]` -> `{"sft": "runs/sft", "psft": "runs/psft"}`."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise UserError(f"checkpoints: expected NAME=PATH, got {pair!r}")
-        if name in out:
-            raise UserError(f"checkpoints: name {name!r} given twice")
-        out[name] = path
-    return out
+    settings = {"train_data": train_data, "num_prompts": len(train)} | {
+        k: getattr(args, k) for k in BUDGET_FIELDS
+    }
+    evaluation = StageEval(
+        in_domain,
+        out_of_domain,
+        eval_limit,
+        max_new_tokens,
+        eval_batch_size,
+        args.default_checker,
+        base_model,
+    )
+    return run_chain(
+        checkpoints, "rl", train_from, args.output_dir, settings, evaluation, _train_summary,
+        report_path=report_path,
+    )  # fmt: skip
 
 
 def load_rl_config(path: str, output_dir: str) -> tuple[RLArguments, RLConfig]:
@@ -324,14 +219,7 @@ def make_parser() -> TrlParser:
 
 def main(argv: list[str]) -> int:
     """One GRPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    from psft.cli_help import show_help
-    from psft.threads import configure_threads
-
-    parser = make_parser()
-    if show_help(argv, parser, "psft rl --config rl.yaml [--key value ...]   (every YAML field is also a flag)"):
-        return 0
-    rl_args, config, model_args = parser.parse_args_and_config(args=argv)
-    configure_threads()
+    rl_args, config, model_args = make_parser().parse_args_and_config(args=argv)
     config.model_init_kwargs = dict(
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,
@@ -342,7 +230,8 @@ def main(argv: list[str]) -> int:
             parse_checkpoints(rl_args.checkpoints), config, rl_args.dataset_name,
             in_domain=rl_args.eval_in_domain, out_of_domain=rl_args.eval_out_of_domain,
             eval_limit=rl_args.eval_limit, max_new_tokens=rl_args.eval_max_new_tokens,
-            eval_batch_size=rl_args.eval_batch_size, report_path=rl_args.report_path,
+            eval_batch_size=rl_args.eval_batch_size, base_model=rl_args.base_model,
+            report_path=rl_args.report_path,
         )  # fmt: skip
         print(format_report(report))
         print(f"Wrote {rl_args.report_path or Path(config.output_dir) / 'rl_report.json'}")

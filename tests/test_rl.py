@@ -133,6 +133,7 @@ def test_chain_runs_rl_from_each_checkpoint_and_reports_before_and_after(
     report = run_rl_stage(
         {"a": str(tiny_model_dir), "b": str(tiny_model_dir)}, args, str(regex_data),
         in_domain=[str(regex_data)], out_of_domain="psft/general", eval_limit=1, max_new_tokens=4,
+        base_model=str(tiny_model_dir),
     )  # fmt: skip
     saved = json.loads((tmp_path / "rl" / "rl_report.json").read_text())
     assert saved["methods"].keys() == {"a", "b"} and saved["rl"]["epsilon_high"] == 0.28
@@ -144,6 +145,8 @@ def test_chain_runs_rl_from_each_checkpoint_and_reports_before_and_after(
             assert result[stage]["out_of_domain"]["num_prompts"] == 6  # one per general task
             assert 0 <= result[stage]["in_domain"]["accuracy"] <= 1
             assert result[stage]["out_of_domain"]["entropy"] > 0
+        assert result["before_rl"]["drift"]["kl"] == pytest.approx(0.0, abs=1e-6)  # the start is the base
+        assert result["after_rl"]["drift"]["kl"] > 0
         after = load_file(tmp_path / "rl" / name / "model.safetensors")
         assert any(not torch.equal(before[k], after[k]) for k in before), "RL did not change the weights"
     # same budget and seed from the same checkpoint: the same result

@@ -19,8 +19,10 @@ from psft.tasks import checks  # noqa: F401  (registers the suite's checkers)
 from psft.tasks.arith import sample_arith
 from psft.tasks.base import SPLITS, Example, Sampler, sample_unique, split_of
 from psft.tasks.general import GENERAL_SAMPLERS
+from psft.tasks.preference import PAIRS_NAME, SFT_NAME, preference_pairs, sample_pref
 
-TASKS: dict[str, Sampler] = GENERAL_SAMPLERS | {"arith": sample_arith}
+TASKS: dict[str, Sampler] = GENERAL_SAMPLERS | {"arith": sample_arith, SFT_NAME: sample_pref}
+PREFERENCE_TASKS = {PAIRS_NAME: preference_pairs}  # `psft/pref`: chosen/rejected pairs for `psft dpo`
 GENERAL_TASKS: tuple[str, ...] = tuple(GENERAL_SAMPLERS)
 IN_DOMAIN_TASK = "arith"
 IN_DOMAIN_TRAIN_SIZE = 500  # LIMO-like: a few hundred demonstrations, seen for many epochs
@@ -31,6 +33,7 @@ __all__ = [
     "GENERAL_TASKS",
     "IN_DOMAIN_TASK",
     "IN_DOMAIN_TRAIN_SIZE",
+    "PREFERENCE_TASKS",
     "SPLITS",
     "TASKS",
     "Example",
