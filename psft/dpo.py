@@ -26,7 +26,7 @@ from trl import DPOConfig, ModelConfig, TrlParser, get_peft_config
 from trl.data_utils import common_prefix_length, extract_prompt, is_conversational
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS
+from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_builtin
 from psft.errors import UserError
 from psft.logprobs import label_log_probs
 from psft.records import record_problem
@@ -178,7 +178,7 @@ def load_preference_dataset(name: str, split: str = "train", config: str | None 
     checked (`preference_problem`): a bad one is a `UserError` naming its line or index and field."""
     from psft.tasks import IN_DOMAIN_TRAIN_SIZE, PREFERENCE_TASKS, TASKS
 
-    if name.startswith(BUILTIN_PREFIX) and not os.path.exists(name):
+    if is_builtin(name):
         task = name[len(BUILTIN_PREFIX) :]
         if task not in PREFERENCE_TASKS:
             known = ", ".join(BUILTIN_PREFIX + t for t in PREFERENCE_TASKS)
