@@ -10,17 +10,127 @@ and `TrainingArguments`, plus the PSFT fields), `ModelConfig` (model_name_or_pat
 
 from __future__ import annotations
 
+import os
+import warnings
+from typing import Any
+
+import yaml
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_dataset, get_peft_config
 
+from psft.checkpoint import last_complete_checkpoint, resolve_resume
 from psft.config import PSFTConfig
-from psft.data import check_chat_template, load_sft_dataset, validate_records
-from psft.errors import UserError
-from psft.tiny import resolve_model_name
+from psft.data import BUILTIN_PREFIX, LOCAL_BUILDERS, check_chat_template, load_sft_dataset, validate_records
+from psft.errors import Interrupted, UserError, did_you_mean, first_line
+from psft.tiny import BUILTIN_MODEL_NAME, resolve_model_name
+
+
+class _Parser(TrlParser):
+    def error(self, message: str) -> None:  # argparse prints its usage and exits; one line instead
+        raise UserError(message)
 
 
 def make_parser() -> TrlParser:
     """The argument parser of `psft train` (also reads `--config FILE.yaml`)."""
-    return TrlParser((ScriptArguments, PSFTConfig, ModelConfig, DatasetMixtureConfig), prog="psft train")
+    return _Parser((ScriptArguments, PSFTConfig, ModelConfig, DatasetMixtureConfig), prog="psft train")
+
+
+def parse_args(argv: list[str]) -> tuple[ScriptArguments, PSFTConfig, ModelConfig, DatasetMixtureConfig]:
+    """Parse flags and `--config FILE.yaml`; an unknown field (in either) names the closest known one."""
+    parser = make_parser()
+    known = {s.lstrip("-") for action in parser._actions for s in action.option_strings} | {"env"}
+    config: dict[str, Any] = {}
+    if "--config" in argv:
+        index = argv.index("--config")
+        path = argv[index + 1] if index + 1 < len(argv) else None
+        if path is None or not os.path.isfile(path):
+            raise UserError(f"--config: no such file {path}" if path else "--config needs a YAML file")
+        try:
+            with open(path) as f:
+                config = yaml.safe_load(f)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise UserError(f"{path}: not valid YAML: {first_line(err)}") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{path}: must be a YAML mapping of field: value, got {type(config).__name__}")
+        for key in config:
+            if key not in known:
+                raise UserError(f"{path}: unknown field {key!r}{did_you_mean(str(key), known)}")
+    try:
+        with warnings.catch_warnings():
+            if not any("checkpointing" in item for item in argv + list(config)):
+                # TRL 1.16's own default for transformers 5.24's renamed field, not the user's doing
+                warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
+            *values, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as err:  # a field's value refused by its dataclass (TrainingArguments...)
+        raise UserError(first_line(err)) from None
+    for item in remaining:
+        if item.startswith("-"):
+            name = item.split("=", 1)[0]
+            flags = {"--" + k for k in known}
+            raise UserError(f"unknown option {name}{did_you_mean(name, flags)}")
+    if remaining:
+        raise UserError(f"unexpected argument {remaining[0]!r} (options are --name value)")
+    return tuple(values)
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (`org/name`): absolute, relative with `.`/`~`, or with several `/`."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def check_before_loading(
+    script_args: ScriptArguments, training_args: PSFTConfig, model_args: ModelConfig
+) -> Any:
+    """The cheap checks, before any data or weights load: output_dir, the checkpoint to resume, the data file,
+    the model's config. Returns the checkpoint to resume (a path) or None."""
+    out = training_args.output_dir
+    if out and os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"output_dir {out} is a file, not a directory; choose another output_dir")
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the last checkpoint in output_dir
+        resume = True
+    elif isinstance(resume, str) and resume.lower() in ("false", "none", ""):
+        resume = None
+    if resume is not None:
+        resume = resolve_resume(out, resume)
+    name = script_args.dataset_name
+    if name and not os.path.exists(name) and not name.startswith(BUILTIN_PREFIX):
+        parent = os.path.dirname(name)
+        local = _looks_local(name) or (
+            parent and os.path.isdir(parent)
+        )  # `data/train` next to a `data/` folder
+        if local or os.path.splitext(name)[1].lower() in LOCAL_BUILDERS:
+            raise UserError(
+                f"dataset_name {name}: no such data file (looked for {os.path.abspath(name)}: a local .json, "
+                ".jsonl or .parquet file)"
+            )
+    model = model_args.model_name_or_path
+    if not model:
+        raise UserError("no model: set model_name_or_path (hub name, local directory or psft/tiny-base)")
+    path = os.path.expanduser(resolve_model_name(model))
+    if os.path.exists(path) or _looks_local(model):
+        if not os.path.isdir(path):
+            raise UserError(
+                f"model_name_or_path {model}: no such model directory (looked for {os.path.abspath(path)}; hub "
+                f"names look like org/name, the built-in model is {BUILTIN_MODEL_NAME})"
+            )
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(
+                f"model_name_or_path {model}: {path} has no config.json, so it is not a model directory"
+            )
+        return resume
+    from transformers import AutoConfig
+
+    try:  # one small file: a wrong hub name fails here, not after the data has loaded
+        AutoConfig.from_pretrained(
+            model, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"model_name_or_path {model}: not a local directory, and the hub has no such model ({first_line(err)})"
+        ) from None
+    return resume
 
 
 def load_datasets(
@@ -54,11 +164,11 @@ def load_datasets(
 
 def main(argv: list[str]) -> int:
     """Parse, load data and model, train, save the final model to `output_dir`."""
-    from psft.trainer import PSFTTrainer
+    from psft.trainer import PSFTTrainer, check_honoured_options
 
-    script_args, training_args, model_args, dataset_args = make_parser().parse_args_and_config(args=argv)
-    if not model_args.model_name_or_path:
-        raise UserError("no model: set model_name_or_path (hub name, local directory or psft/tiny-base)")
+    script_args, training_args, model_args, dataset_args = parse_args(list(argv))
+    check_honoured_options(training_args)
+    resume = check_before_loading(script_args, training_args, model_args)
     train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
     model_name = resolve_model_name(model_args.model_name_or_path)
     if training_args.assistant_only_loss:  # checked on the tokenizer alone, before the model loads
@@ -85,11 +195,19 @@ def main(argv: list[str]) -> int:
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the last checkpoint in output_dir
-        resume = True
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(training_args.output_dir)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(training_args.output_dir)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_note(training_args.output_dir)) from None
     trainer.accelerator.print(f"Saved the model to {training_args.output_dir}")
     trainer.end()
     return 0
+
+
+def interrupted_note(output_dir: str) -> str:
+    """One line for a Ctrl-C'd run: the last complete checkpoint and how to resume from it."""
+    last = last_complete_checkpoint(output_dir)
+    if last is None:
+        return f"no complete checkpoint in {output_dir}; the run starts over"
+    return f"the last complete checkpoint is {last}; continue with --resume_from_checkpoint true"
