@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import is_peft_model
 from safetensors.torch import load_file, save_file
 
 from psft.errors import UserError
+from psft.logprobs import head_scaling
 
 FORMAT = "psft-drift-v1"
 
@@ -55,27 +57,38 @@ class DriftResult:
         return asdict(self)
 
 
+def _causal_lm(model):
+    """The causal LM inside `model` (a PEFT model's base, LoRA layers included)."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def last_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The backbone's final hidden states, without the output head (no full logits)."""
+    backbone = _causal_lm(model).base_model
+    return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def head_log_softmax(model, hidden: torch.Tensor) -> torch.Tensor:
+    """float32 log-softmax of the model's next-token logits for `hidden` (`(..., d)`), with the head's own
+    scaling (`logit_scale`, `logits_scaling`, final softcapping: `psft.logprobs.head_scaling`)."""
+    causal_lm = _causal_lm(model)
+    softcap, scale = head_scaling(causal_lm.config)
+    logits = causal_lm.get_output_embeddings()(hidden).float()
+    if scale != 1.0:
+        logits.mul_(scale)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax in place: one chunk in memory
+
+
 def _logits(
     model, input_ids: torch.Tensor, mask: torch.Tensor, chunk_size: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, float32 log-softmax) for chunks of the positions that have a next token (all but the last)."""
     last = input_ids.shape[1] - 1
-    try:
-        decoder, head = model.get_decoder(), model.get_output_embeddings()
-    except (AttributeError, ValueError):
-        decoder = head = None
-    if decoder is None or head is None:  # unusual architecture: full logits, still chunked for log-softmax
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        for s in range(0, last, chunk_size):
-            yield s, logits[:, s : min(s + chunk_size, last)].float().log_softmax(-1)  # a new tensor
-        return
-    hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    hidden = last_hidden_state(model, input_ids, mask)
     for s in range(0, last, chunk_size):
-        logits = head(hidden[:, s : min(s + chunk_size, last)]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        yield s, logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax in place: one chunk in memory
+        yield s, head_log_softmax(model, hidden[:, s : min(s + chunk_size, last)])
 
 
 def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, device) -> Iterator[tuple]:
