@@ -20,6 +20,7 @@ BUILTIN_PREFIX = "psft/"  # `psft/<task>`: a task of the built-in synthetic suit
 BUILTIN_TEST_SIZE = 100
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
+JSON_WHITESPACE = " \t\r\n"  # what JSON (and so a blank JSONL line) may hold between values
 SKIP_HINT = "; fix the record or set skip_invalid_records=true to skip invalid records"
 
 
@@ -54,7 +55,7 @@ def load_sft_dataset(
     else:
         try:
             dataset = load_dataset(name_or_path, name=config, split=split, streaming=streaming)
-        except OSError as err:  # `datasets` found it neither on disk nor on the hub (or the hub is unreachable)
+        except OSError as err:  # neither on disk nor on the hub (or the hub is unreachable)
             raise UserError(
                 f"{name_or_path}: no such data file (looked for {os.path.abspath(name_or_path)}), and no hub "
                 f"dataset of that name ({_first_line(err)}); local files need a .json, .jsonl or .parquet extension"
@@ -105,7 +106,11 @@ def check_jsonl(path: str, text_field: str = "text", skip_invalid: bool = False)
 def _jsonl_records(path: str, skip_lines: set[int]) -> list[dict]:
     """The records of a checked JSONL file, without the lines given."""
     with open(path, "rb") as f:
-        lines = [(n, raw) for n, raw in enumerate(f, start=1) if n not in skip_lines and raw.strip()]
+        lines = [
+            (n, raw)
+            for n, raw in enumerate(f, start=1)
+            if n not in skip_lines and raw.strip(JSON_WHITESPACE.encode())
+        ]
     return [json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8")) for n, raw in lines]
 
 
@@ -127,9 +132,11 @@ def json_file_is_lines(path: str) -> bool:
         with open(path, encoding="utf-8-sig") as f:
             value = json.load(f)
     except json.JSONDecodeError as err:
-        if err.msg == "Extra data":  # more values after the first: JSON Lines with a very long first line
+        if err.msg == "Extra data":  # values after the first: JSON Lines with a very long first line
             return True
-        raise UserError(f"{path}: not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
+        raise UserError(
+            f"{path}: not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
+        ) from None
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if isinstance(value, dict):
@@ -152,7 +159,7 @@ def _jsonl_line_problem(raw: bytes, fmt: str | None, text_field: str) -> tuple[s
         line = raw.decode("utf-8-sig")  # a byte-order mark is only stripped where it is (the first line)
     except UnicodeDecodeError as err:
         return f"not UTF-8 text ({err.reason} at byte {err.start})", fmt
-    if not line.strip():
+    if not line.strip(JSON_WHITESPACE):  # other whitespace (\v, \f) is not blank to JSON or pyarrow
         raise _BlankLine
     try:
         record = json.loads(line)
