@@ -182,7 +182,12 @@ def check_run_meaning(checkpoint: str, meaning: dict[str, Any]) -> None:
         return
     with open(path) as f:
         saved = json.load(f)
-    for name in sorted(set(saved) | set(meaning)):
+    names = set(saved) | set(meaning)
+    # the objective and schedule first (a changed loss_type explains changed hyperparameters), the data last
+    order = (
+        [n for n in MEANING_FIELDS if n in names] + sorted(names - set(MEANING_FIELDS) - {"data"}) + ["data"]
+    )
+    for name in order:
         before, now = saved.get(name), meaning.get(name)
         if before == now or (name == "data" and None in (before, now)):  # streaming data has no fingerprint
             continue
@@ -230,7 +235,8 @@ def write_manifest(directory: str) -> None:
     for root, _, files in os.walk(directory):
         for name in files:
             path = os.path.join(root, name)
-            sizes[os.path.relpath(path, directory)] = os.path.getsize(path)
+            if os.path.relpath(path, directory) != MANIFEST:
+                sizes[os.path.relpath(path, directory)] = os.path.getsize(path)
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump({"files": sizes}, f, indent=1, sort_keys=True)
 
