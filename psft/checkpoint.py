@@ -203,15 +203,27 @@ def check_run_meaning(checkpoint: str, meaning: dict[str, Any]) -> None:
 
 
 def data_fingerprint(dataset: Any) -> str | None:
-    """A hash of a map-style dataset's contents in order (every column); None for a streaming dataset, which
-    cannot be read here without consuming it."""
+    """A hash of a map-style dataset's contents in order: its numeric columns (tokens, labels, masks: what
+    training reads), or every column if it has none. None for a streaming dataset, which cannot be read here
+    without consuming it. About 0.6 s per 20M tokens on one CPU core."""
     if not isinstance(dataset, Dataset):
         return None
-    digest = hashlib.sha1(f"{len(dataset)}:{sorted(dataset.column_names)}".encode())
-    for table in dataset.with_format("arrow").iter(batch_size=10_000):
-        for name in sorted(table.column_names):
+    numeric = [name for name, feature in dataset.features.items() if _is_numeric(feature)]
+    columns = sorted(numeric or dataset.column_names)
+    digest = hashlib.sha1(f"{len(dataset)}:{columns}".encode())
+    for table in dataset.select_columns(columns).with_format("arrow").iter(batch_size=10_000):
+        for name in columns:
             _hash_arrow(digest, table[name].combine_chunks())
     return digest.hexdigest()
+
+
+def _is_numeric(feature: Any) -> bool:
+    """Whether a `datasets` feature is a number or a (nested) list of numbers."""
+    inner = getattr(feature, "feature", None)
+    if inner is not None:
+        return _is_numeric(inner)
+    dtype = getattr(feature, "dtype", "")
+    return isinstance(dtype, str) and dtype.startswith(("int", "uint", "float", "bool"))
 
 
 def _hash_arrow(digest: Any, array: Any) -> None:
