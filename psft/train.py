@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_dataset, get_peft_config
 
-from psft.checkpoint import last_complete_checkpoint, resolve_resume
+from psft.checkpoint import check_run_meaning, last_complete_checkpoint, resolve_resume, run_meaning
 from psft.config import PSFTConfig
 from psft.data import BUILTIN_PREFIX, LOCAL_BUILDERS, check_chat_template, load_sft_dataset, validate_records
 from psft.errors import Interrupted, UserError, did_you_mean, first_line
@@ -150,6 +150,7 @@ def check_before_loading(
         resume = None
     if resume is not None:
         resume = resolve_resume(out, resume)
+        check_run_meaning(resume, run_meaning(training_args, data=None))  # the data is checked once tokenised
     name = script_args.dataset_name
     if name and not os.path.exists(name) and not name.startswith(BUILTIN_PREFIX):
         parent = os.path.dirname(name)

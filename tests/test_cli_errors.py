@@ -26,16 +26,20 @@ from psft.trainer import PSFTTrainer
 ROWS = [{"prompt": f"{i}+1=", "completion": str(i + 1)} for i in range(12)]
 
 
+TRAIN = PSFTTrainer.train
+
+
 class ReachedTraining(Exception):
     """Raised instead of training: the input was accepted."""
 
 
+def refuse_training(self, *args, **kwargs):
+    raise ReachedTraining
+
+
 @pytest.fixture(autouse=True)
 def no_training(monkeypatch):
-    def refuse(self, *args, **kwargs):
-        raise ReachedTraining
-
-    monkeypatch.setattr(PSFTTrainer, "train", refuse)
+    monkeypatch.setattr(PSFTTrainer, "train", refuse_training)
     monkeypatch.delenv("PSFT_DEBUG", raising=False)
 
 
@@ -214,6 +218,29 @@ def test_each_user_mistake_is_one_line_and_nothing_trains(case, tmp_path, tiny_m
     if case == "truncated latest checkpoint":  # names the way forward
         assert "previous good checkpoint is " in line and line.rstrip(")").endswith("checkpoint-4")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_resuming_a_k4_run_with_k2_is_one_line_before_anything_loads(
+    tmp_path, tiny_model_dir, capfd, monkeypatch
+):
+    """The issue's silent case: a K=4 run's checkpoint resumed with --mini_batches_per_rollout 2 (about 3 s)."""
+    monkeypatch.setattr(PSFTTrainer, "train", TRAIN)
+    config = base_config(
+        tmp_path, tiny_model_dir, mini_batches_per_rollout=4, save_strategy="steps", save_steps=2, max_steps=2
+    )
+    assert main(config_argv(tmp_path, config)) == 0
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    before = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
+    monkeypatch.setattr(PSFTTrainer, "train", refuse_training)
+    capfd.readouterr()
+    argv = config_argv(tmp_path, {**config, "max_steps": 4}, "--resume_from_checkpoint", "true")
+    assert main([*argv, "--mini_batches_per_rollout", "2"]) == 2
+    assert_one_line_error(
+        capfd.readouterr().err,
+        "was saved with mini_batches_per_rollout=4, this run has mini_batches_per_rollout=2",
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def test_psft_debug_shows_the_traceback(tmp_path, tiny_model_dir, monkeypatch):
