@@ -41,7 +41,9 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, PSFTConfig, ModelConfi
     """Parse flags over `--config FILE.yaml` (as `TrlParser.parse_args_and_config`, `env:` included). An unknown
     field (in either) names the closest known one; a YAML value goes through its flag's type and choices."""
     parser = make_parser()
-    argv = list(argv)
+    argv = [
+        part for item in argv for part in (item.split("=", 1) if item.startswith("--config=") else [item])
+    ]
     config: dict[str, Any] = {}
     if "--config" in argv:
         index = argv.index("--config")
@@ -153,10 +155,8 @@ def check_before_loading(
         check_run_meaning(resume, run_meaning(training_args, data=None))  # the data is checked once tokenised
     name = script_args.dataset_name
     if name and not os.path.exists(name) and not name.startswith(BUILTIN_PREFIX):
-        parent = os.path.dirname(name)
-        local = _looks_local(name) or (
-            parent and os.path.isdir(parent)
-        )  # `data/train` next to a `data/` folder
+        parent = os.path.dirname(name)  # `data/train` with a `data/` folder here is a path, not a hub name
+        local = _looks_local(name) or (parent and os.path.isdir(parent))
         if local or os.path.splitext(name)[1].lower() in LOCAL_BUILDERS:
             raise UserError(
                 f"dataset_name {name}: no such data file (looked for {os.path.abspath(name)}: a local .json, "
@@ -172,7 +172,7 @@ def check_before_loading(
                 f"model_name_or_path {model}: no such model directory (looked for {os.path.abspath(path)}; hub "
                 f"names look like org/name, the built-in model is {BUILTIN_MODEL_NAME})"
             )
-        if not os.path.isfile(os.path.join(path, "config.json")):
+        if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
             raise UserError(
                 f"model_name_or_path {model}: {path} has no config.json, so it is not a model directory"
             )
