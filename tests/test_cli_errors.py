@@ -208,12 +208,21 @@ def assert_one_line_error(err: str, expected: str | None = None) -> str:
     return lines[0]
 
 
+DATA_ERRORS = {".json holding one object", ".json holding a string", "jsonl with a bad line"}
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_each_user_mistake_is_one_line_and_nothing_trains(case, tmp_path, tiny_model_dir, capfd):
+def test_each_user_mistake_is_one_line_and_nothing_trains(case, tmp_path, tiny_model_dir, capfd, monkeypatch):
+    import psft.train
+
     make_argv, expected = CASES[case]
     argv = make_argv(tmp_path, tiny_model_dir)
+    loaded = []
+    load = psft.train.load_datasets
+    monkeypatch.setattr(psft.train, "load_datasets", lambda *a: loaded.append(1) or load(*a))
     capfd.readouterr()
     assert main(argv) == 2
+    assert bool(loaded) == (case in DATA_ERRORS)  # everything else is found before any data loads
     line = assert_one_line_error(capfd.readouterr().err, expected)
     if case == "truncated latest checkpoint":  # names the way forward
         assert "previous good checkpoint is " in line and line.rstrip(")").endswith("checkpoint-4")
