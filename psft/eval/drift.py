@@ -16,8 +16,8 @@ Reported per position, averaged over all positions:
   finds the held-out text less likely than the base did).
 
 Memory: logits are never materialised for a whole sequence; the final hidden states go through the output
-head `chunk_size` positions at a time, so peak extra memory is a few batch x chunk_size x vocab float32
-tensors (measured on CPU, 8 x 1024 tokens, vocab 32k: 0.41 GB peak RSS growth for stats + drift, against
+head `chunk_size` positions at a time (by default as many as keep batch x chunk_size x vocab within
+`LOGITS_CHUNK_ELEMENTS`), so peak extra memory is a few batch x chunk_size x vocab float32 tensors (measured on CPU, 8 x 1024 tokens, vocab 32k: 0.41 GB peak RSS growth for stats + drift, against
 2.0 GB for one plain full-logits log-softmax). The stats file takes about N x top_k x 8 bytes for N positions.
 """
 
@@ -35,6 +35,8 @@ from psft.errors import UserError
 from psft.logprobs import head_scaling
 
 FORMAT = "psft-drift-v1"
+LOGITS_CHUNK_ELEMENTS = 1 << 24
+"""Logits scored at a time by default (batch x positions x vocabulary, float32: 64 MB)."""
 
 
 @dataclass
@@ -82,11 +84,15 @@ def head_log_softmax(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _logits(
-    model, input_ids: torch.Tensor, mask: torch.Tensor, chunk_size: int
+    model, input_ids: torch.Tensor, mask: torch.Tensor, chunk_size: int | None
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, float32 log-softmax) for chunks of the positions that have a next token (all but the last)."""
+    """(start, float32 log-softmax) for chunks of the positions that have a next token (all but the last);
+    `chunk_size=None`: as many positions as keep a chunk within `LOGITS_CHUNK_ELEMENTS`."""
     last = input_ids.shape[1] - 1
     hidden = last_hidden_state(model, input_ids, mask)
+    if chunk_size is None:
+        vocab = _causal_lm(model).get_output_embeddings().out_features
+        chunk_size = max(1, LOGITS_CHUNK_ELEMENTS // (input_ids.shape[0] * vocab))
     for s in range(0, last, chunk_size):
         yield s, head_log_softmax(model, hidden[:, s : min(s + chunk_size, last)])
 
@@ -126,7 +132,7 @@ def compute_reference_stats(
     top_k: int = 64,
     max_length: int = 512,
     batch_size: int = 8,
-    chunk_size: int = 128,
+    chunk_size: int | None = None,
 ) -> Path:
     """Run the base `model` on `texts` once and save its per-position top-k statistics to `path`."""
     seqs = [
@@ -189,7 +195,9 @@ def load_reference_stats(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
 
 
 @torch.no_grad()
-def measure_drift(model, path: str | Path, *, batch_size: int = 8, chunk_size: int = 128) -> DriftResult:
+def measure_drift(
+    model, path: str | Path, *, batch_size: int = 8, chunk_size: int | None = None
+) -> DriftResult:
     """Compare `model` with the base statistics stored at `path` (see the module docstring)."""
     stats, meta = load_reference_stats(path)
     lengths = stats["lengths"].tolist()

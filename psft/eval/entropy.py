@@ -15,11 +15,9 @@ from typing import Any
 
 import torch
 
+from psft.eval import drift
 from psft.eval.drift import head_log_softmax, last_hidden_state
 from psft.eval.generate import encode_prompt
-
-ENTROPY_CHUNK_ELEMENTS = 1 << 24
-"""Logits scored at a time (positions x vocabulary, float32: 64 MB); the full logits are never built."""
 
 
 @torch.no_grad()
@@ -51,7 +49,7 @@ def mean_token_entropy(
                 scored[row, prompt_len - 1 : len(ids) - 1] = True
             hidden = last_hidden_state(model, input_ids.to(model.device), attention.to(model.device))
             hidden = hidden[scored.to(hidden.device)]  # (scored positions, d): the head runs on these only
-            rows = max(1, ENTROPY_CHUNK_ELEMENTS // vocab)
+            rows = max(1, drift.LOGITS_CHUNK_ELEMENTS // vocab)  # the full logits are never built
             for i in range(0, hidden.shape[0], rows):
                 logp = head_log_softmax(model, hidden[i : i + rows])
                 total += -(logp.exp() * logp).sum().item()
