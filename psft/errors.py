@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import sys
 from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 
 class UserError(ValueError):
@@ -39,6 +41,8 @@ def run_command(name: str, command: Callable[[], int | None]) -> int:
     Anything else is a bug and keeps its traceback. With `PSFT_DEBUG=1` nothing is caught."""
     if os.environ.get("PSFT_DEBUG"):
         return command() or 0
+    # argparse would print the whole usage before its error: the commands' parsers raise a UserError instead
+    error, argparse.ArgumentParser.error = argparse.ArgumentParser.error, _raise_user_error
     try:
         return command() or 0
     except UserError as err:
@@ -51,3 +55,13 @@ def run_command(name: str, command: Callable[[], int | None]) -> int:
     except OSError as err:  # disk full, permissions, a model the hub or the disk does not have
         print(f"psft {name}: error: {first_line(err)}", file=sys.stderr)
         return 1
+    finally:
+        argparse.ArgumentParser.error = error
+
+
+def _raise_user_error(self: argparse.ArgumentParser, message: str) -> NoReturn:
+    prefix = "unrecognized arguments: "
+    if message.startswith(prefix):  # name the closest option, as `psft train` does
+        name = message[len(prefix) :].split()[0].split("=")[0]
+        message += did_you_mean(name, [o for action in self._actions for o in action.option_strings])
+    raise UserError(message)

@@ -402,3 +402,42 @@ def test_ctrl_c_stops_with_one_line_naming_the_last_complete_checkpoint(tmp_path
     assert last.startswith("psft train: interrupted: the last complete checkpoint is "), last
     named = last.split("the last complete checkpoint is ")[1].split(";")[0]
     assert checkpoint_problem(named) is None and int(named.rsplit("-", 1)[1]) >= 4
+
+
+# ------------------------------------------------------------------------------------- the other commands
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["eval", "--model", "psft/tiny-base", "--n", "abc"],
+            "psft eval: error: argument --n: invalid int value",
+        ),
+        (["demo", "--quik"], "psft demo: error: unrecognized arguments: --quik; did you mean '--quick'?"),
+        (["compare"], "psft compare: error: the following arguments are required: --config"),
+        (["rl", "--max_stepz", "3", "--use_cpu", "true", "--bf16", "false"], "did you mean '--max_steps'?"),
+    ],
+)
+def test_other_commands_argument_mistakes_are_one_line(argv, expected, capfd):
+    capfd.readouterr()
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and expected in err and "Traceback" not in err
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_code_130(capfd):
+    from psft.errors import INTERRUPTED_EXIT_CODE, Interrupted, run_command
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_command("eval", interrupted) == INTERRUPTED_EXIT_CODE == 130
+    assert capfd.readouterr().err == "psft eval: interrupted: stopped by Ctrl-C\n"
+
+    def interrupted_with_note():
+        raise Interrupted("the last complete checkpoint is out/checkpoint-4")
+
+    assert run_command("train", interrupted_with_note) == 130
+    assert (
+        capfd.readouterr().err
+        == "psft train: interrupted: the last complete checkpoint is out/checkpoint-4\n"
+    )
