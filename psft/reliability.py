@@ -4,7 +4,9 @@
   truncation to `max_length` leaves without a loss token (TRL drops them silently) are an error, or a logged
   skip with `skip_invalid_records`.
 - Checkpoints are written atomically and carry the pending old log-probs of an interrupted rollout, so a
-  resumed run ends with the same parameters as an uninterrupted one (`psft.checkpoint`).
+  resumed run ends with the same parameters as an uninterrupted one (`psft.checkpoint`). A checkpoint to resume
+  is checked first: whole (a completeness manifest), and saved by a run with the same meaning (objective,
+  schedule, batch shape, world size, data).
 - An optimizer step with a non-finite loss or gradient is skipped for real: gradients are dropped (`None`, so
   AdamW neither moves the weights nor advances its moments or step count) and the optimizer reports the step as
   skipped, so the LR scheduler does not advance either. `max_nonfinite_steps` in a row stop the run.
@@ -47,6 +49,7 @@ class ReliabilityMixin:
 
     _staging_dir: str | None = None
     _resumed_rollout: dict[str, Any] | None = None
+    _meaning: dict[str, Any] | None = None  # `_run_meaning()`, computed once
     _step_loss_finite: Tensor | None = None
     nonfinite_in_a_row = 0
     nonfinite_skipped = 0  # optimizer steps skipped so far (logged as `nonfinite_skipped`)
@@ -168,8 +171,6 @@ class ReliabilityMixin:
                 self._rollout_index = state["rollout_index"] - (1 if state["pending"] else 0)
             self._resumed_rollout = state
         return super().train(checkpoint, *args, **kwargs)
-
-    _meaning: dict[str, Any] | None = None
 
     def _run_meaning(self) -> dict[str, Any]:
         """What fixes this run's meaning (`psft.checkpoint.run_meaning`), the data hashed once per run."""
