@@ -232,7 +232,8 @@ def test_each_user_mistake_is_one_line_and_nothing_trains(case, tmp_path, tiny_m
 def test_resuming_a_k4_run_with_k2_is_one_line_before_anything_loads(
     tmp_path, tiny_model_dir, capfd, monkeypatch
 ):
-    """The issue's silent case: a K=4 run's checkpoint resumed with --mini_batches_per_rollout 2 (about 3 s)."""
+    """The issue's silent case: a K=4 run's checkpoint resumed with --mini_batches_per_rollout 2; the same K resumes
+    (about 4 s)."""
     monkeypatch.setattr(PSFTTrainer, "train", TRAIN)
     config = base_config(
         tmp_path, tiny_model_dir, mini_batches_per_rollout=4, save_strategy="steps", save_steps=2, max_steps=2
@@ -250,6 +251,10 @@ def test_resuming_a_k4_run_with_k2_is_one_line_before_anything_loads(
     )
     assert {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2"]
+    monkeypatch.setattr(PSFTTrainer, "train", TRAIN)  # the same K resumes and trains on
+    assert main(argv) == 0
+    state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
 
 
 def test_psft_debug_shows_the_traceback(tmp_path, tiny_model_dir, monkeypatch):
