@@ -331,10 +331,14 @@ def resolve_resume(run_dir: str, resume: str | bool) -> str:
             if problem.startswith("corrupt"):
                 raise UserError(f"{path} is {problem}{_fallback(run_dir, path)}")
             logger.warning(f"skipping {path}: {problem}")
-        looked = f"{len(found)} incomplete" if found else "no checkpoint-N folders"
+        if found:
+            raise UserError(
+                f"resume_from_checkpoint: no complete checkpoint in {run_dir}: {len(found)} without {MANIFEST} "
+                f"(name one, e.g. {found[0]}, to resume from it after a check of its safetensors headers)"
+            )
         raise UserError(
-            f"resume_from_checkpoint: no complete checkpoint to resume in {run_dir} ({looked}); drop "
-            "resume_from_checkpoint to start a new run"
+            f"resume_from_checkpoint: no complete checkpoint to resume in {run_dir} (no checkpoint-N folders); "
+            "drop resume_from_checkpoint to start a new run"
         )
     path = str(resume)
     problem = checkpoint_problem(path)

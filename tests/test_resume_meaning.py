@@ -210,3 +210,11 @@ def test_a_compute_loss_func_is_refused(tmp_path):
 def test_options_the_trainer_does_not_honour_are_refused(tmp_path, option, message):
     with pytest.raises(UserError, match=message):
         make_trainer(tmp_path, max_steps=1, **option)
+
+
+def test_resume_from_the_last_with_only_incomplete_checkpoints_says_how_to_use_one(tmp_path, warnings_logged):
+    fake_checkpoint(tmp_path / "checkpoint-3", complete=False)
+    with pytest.raises(
+        UserError, match=r"no complete checkpoint in .*: 1 without psft_complete.json \(name one"
+    ):
+        resolve_resume(str(tmp_path), True)
