@@ -9,23 +9,54 @@ is the Trainer's own checkpoint.
 
 Checkpoints are written to `tmp-checkpoint-N/checkpoint-N`, flushed to disk, and renamed to `checkpoint-N`
 only when complete: a crash during a save leaves the previous checkpoints as they were, and the half-written
-one is invisible to `resume_from_checkpoint=True` (which picks the highest `checkpoint-N`).
+one is invisible to `resume_from_checkpoint=True`.
+
+Each checkpoint also records what fixes the meaning of the run (`psft_run.json`: objective and its
+hyperparameters, K, rollout epochs, old policy, warm-up, batch shape, world size, seeds, a fingerprint of the
+tokenised training data): a resume that changes any of them is refused, naming the field and both values.
+Its last file, `psft_complete.json`, lists every file's size; before loading, a checkpoint is checked against
+it (and every safetensors header against its file), so a truncated or half-copied checkpoint is named, with
+the previous good one, instead of failing deep inside the loader.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
+import re
 import shutil
+import struct
 from typing import Any
 
 import torch
+from datasets import Dataset
+from transformers.utils import logging
 
 from psft.errors import UserError
 
+logger = logging.get_logger(__name__)
+
 STAGING_PREFIX = "tmp-"
 ROLLOUT_STATE = "psft_rollout_state_{}.pt"
+RUN_FILE = "psft_run.json"
+MANIFEST = "psft_complete.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# PSFTConfig fields that fix what a run computes (besides the objective's own hyperparameters)
+MEANING_FIELDS = (
+    "loss_type",
+    "mini_batches_per_rollout",
+    "rollout_epochs",
+    "old_policy",
+    "sft_warmup_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "data_seed",
+    "completion_only_loss",
+    "assistant_only_loss",
+)
 
 
 def fingerprint(micro_batch: dict[str, Any]) -> str:
@@ -123,3 +154,215 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------- meaning of a run
+def run_meaning(args: Any, data: str | None) -> dict[str, Any]:
+    """What fixes the meaning of a run with `args` (a `PSFTConfig`) on data with fingerprint `data`."""
+    from psft.losses import get_loss
+
+    names = MEANING_FIELDS + get_loss(args.loss_type).hparams
+    meaning = {name: getattr(args, name) for name in names}
+    meaning["world_size"] = args.world_size
+    meaning["data"] = data
+    return meaning
+
+
+def save_run_meaning(directory: str, meaning: dict[str, Any]) -> None:
+    with open(os.path.join(directory, RUN_FILE), "w") as f:
+        json.dump(meaning, f, indent=1, sort_keys=True)
+
+
+def check_run_meaning(checkpoint: str, meaning: dict[str, Any]) -> None:
+    """Refuse to resume `checkpoint` with a run that means something else; silent for checkpoints without
+    a record (written by other tools)."""
+    path = os.path.join(checkpoint, RUN_FILE)
+    if not os.path.isfile(path):
+        logger.warning(f"{checkpoint} has no {RUN_FILE}: cannot check that the resumed run means the same")
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    names = set(saved) | set(meaning)
+    # the objective and schedule first (a changed loss_type explains changed hyperparameters), the data last
+    order = (
+        [n for n in MEANING_FIELDS if n in names] + sorted(names - set(MEANING_FIELDS) - {"data"}) + ["data"]
+    )
+    for name in order:
+        before, now = saved.get(name), meaning.get(name)
+        if before == now or (name == "data" and None in (before, now)):  # streaming data has no fingerprint
+            continue
+        if name == "data":
+            raise UserError(
+                f"resume_from_checkpoint: {checkpoint} was trained on other data (tokenised data fingerprint "
+                f"{before[:12]}, this run's is {now[:12]}): same dataset, tokenizer and max_length are needed"
+            )
+        raise UserError(
+            f"resume_from_checkpoint: {checkpoint} was saved with {name}={before!r}, this run has {name}={now!r}; "
+            "resume with the same value or start a new run in another output_dir"
+        )
+
+
+def data_fingerprint(dataset: Any) -> str | None:
+    """A hash of a map-style dataset's contents in order: its numeric columns (tokens, labels, masks: what
+    training reads), or every column if it has none. None for a streaming dataset, which cannot be read here
+    without consuming it. About 0.6 s per 20M tokens on one CPU core."""
+    if not isinstance(dataset, Dataset):
+        return None
+    numeric = [name for name, feature in dataset.features.items() if _is_numeric(feature)]
+    columns = sorted(numeric or dataset.column_names)
+    digest = hashlib.sha1(f"{len(dataset)}:{columns}".encode())
+    for table in dataset.select_columns(columns).with_format("arrow").iter(batch_size=10_000):
+        for name in columns:
+            _hash_arrow(digest, table[name].combine_chunks())
+    return digest.hexdigest()
+
+
+def _is_numeric(feature: Any) -> bool:
+    """Whether a `datasets` feature is a number or a (nested) list of numbers."""
+    inner = getattr(feature, "feature", None)
+    if inner is not None:
+        return _is_numeric(inner)
+    dtype = getattr(feature, "dtype", "")
+    return isinstance(dtype, str) and dtype.startswith(("int", "uint", "float", "bool"))
+
+
+def _hash_arrow(digest: Any, array: Any) -> None:
+    """Hash an Arrow array by value (independent of chunking and slicing offsets)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        _hash_arrow(digest, pc.list_value_length(array).fill_null(-1))
+        _hash_arrow(digest, pc.list_flatten(array))
+    elif (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)) and array.null_count == 0:
+        digest.update(array.to_numpy(zero_copy_only=False).tobytes())
+    else:  # text, structs, nulls: raw columns that the collator leaves alone
+        digest.update(json.dumps(array.to_pylist(), sort_keys=True, default=str).encode())
+
+
+# ------------------------------------------------------------------------------- completeness and recovery
+def write_manifest(directory: str) -> None:
+    """Record every file's size in the checkpoint: written last, it marks the checkpoint complete."""
+    sizes = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.relpath(path, directory) != MANIFEST:
+                sizes[os.path.relpath(path, directory)] = os.path.getsize(path)
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump({"files": sizes}, f, indent=1, sort_keys=True)
+
+
+def checkpoint_problem(checkpoint: str) -> str | None:
+    """What makes `checkpoint` unusable (missing, incomplete, truncated, corrupt), or None if it looks whole."""
+    if not os.path.isdir(checkpoint):
+        return "no such checkpoint directory"
+    manifest = os.path.join(checkpoint, MANIFEST)
+    if not os.path.isfile(manifest):
+        return f"incomplete: no {MANIFEST} (psft writes it last)"
+    try:
+        with open(manifest) as f:
+            sizes = json.load(f)["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"corrupt: {MANIFEST} is not readable"
+    for name, size in sorted(sizes.items()):
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            return f"corrupt: {name} is missing"
+        if os.path.getsize(path) != size:
+            return f"corrupt: {name} has {os.path.getsize(path)} bytes, {size} were written"
+    return _safetensors_problems(checkpoint)
+
+
+def _safetensors_problems(checkpoint: str) -> str | None:
+    for path in sorted(glob.glob(os.path.join(checkpoint, "**", "*.safetensors"), recursive=True)):
+        problem = safetensors_problem(path)
+        if problem:
+            return f"corrupt: {os.path.relpath(path, checkpoint)}: {problem}"
+    return None
+
+
+def safetensors_problem(path: str) -> str | None:
+    """What is wrong with a safetensors file's header or size, without reading its tensors."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a header"
+        (length,) = struct.unpack("<Q", head)
+        if 8 + length > size:
+            return f"the header says {length} bytes but the file has {size}"
+        try:
+            header = json.loads(f.read(length))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return "unreadable header"
+    if 8 + length + end != size:
+        return f"{size} bytes, the header describes {8 + length + end} (truncated or padded)"
+    return None
+
+
+def checkpoints(run_dir: str) -> list[str]:
+    """The `checkpoint-N` folders of a run, latest (highest N) first."""
+    if not os.path.isdir(run_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(run_dir) if (m := CHECKPOINT_RE.match(name))]
+    return [os.path.join(run_dir, name) for _, name in sorted(found, reverse=True)]
+
+
+def last_complete_checkpoint(run_dir: str) -> str | None:
+    """The latest checkpoint of `run_dir` that passes `checkpoint_problem`, or None."""
+    return next((path for path in checkpoints(run_dir) if checkpoint_problem(path) is None), None)
+
+
+def resolve_resume(run_dir: str, resume: str | bool) -> str:
+    """The checkpoint to resume from, checked before anything loads it.
+
+    `True` (the last checkpoint of `run_dir`): incomplete ones (no completeness marker: a crash during the
+    save, or written by another tool) are skipped with a warning; a corrupt one (its files differ from what was
+    written) is an error naming it and the previous good one. A path: it must be whole; if it is not, the error
+    names the run's last good checkpoint."""
+    if resume is True:
+        found = checkpoints(run_dir)
+        for path in found:
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            if problem.startswith("corrupt"):
+                raise UserError(f"{path} is {problem}{_fallback(run_dir, path)}")
+            logger.warning(f"skipping {path}: {problem}")
+        if found:
+            raise UserError(
+                f"resume_from_checkpoint: no complete checkpoint in {run_dir}: {len(found)} without {MANIFEST} "
+                f"(name one, e.g. {found[0]}, to resume from it after a check of its safetensors headers)"
+            )
+        raise UserError(
+            f"resume_from_checkpoint: no complete checkpoint to resume in {run_dir} (no checkpoint-N folders); "
+            "drop resume_from_checkpoint to start a new run"
+        )
+    path = str(resume)
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return path
+    if problem.startswith("incomplete") and os.path.isfile(os.path.join(path, "trainer_state.json")):
+        corrupt = _safetensors_problems(path)  # a checkpoint psft did not write: check what can be checked
+        if corrupt is None:
+            logger.warning(
+                f"{path} has no {MANIFEST} (not written by psft): only its safetensors headers were checked"
+            )
+            return path
+        problem = corrupt
+    parent = os.path.dirname(os.path.abspath(path))
+    raise UserError(f"resume_from_checkpoint: {path} is {problem}{_fallback(parent, path)}")
+
+
+def _fallback(run_dir: str, bad: str) -> str:
+    """`; the previous good checkpoint is X: resume from it ...`, or that there is none."""
+    bad = os.path.abspath(bad)
+    for path in checkpoints(run_dir):
+        if os.path.abspath(path) != bad and checkpoint_problem(path) is None:
+            return (
+                f"; the previous good checkpoint is {path}: resume from it (resume_from_checkpoint={path}) "
+                f"(or delete {bad})"
+            )
+    return "; there is no other complete checkpoint in " + run_dir

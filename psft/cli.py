@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
-from psft.errors import UserError
+from psft.errors import run_command
 
 # command -> (module with `main(argv)`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,7 +35,8 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a command; user errors print one line (set PSFT_DEBUG=1 for the traceback)."""
+    """Dispatch to a command; user errors and Ctrl-C print one line (`psft.errors.run_command`; set PSFT_DEBUG=1
+    for the traceback)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -44,14 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"psft: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    try:
-        return module.main(argv[1:]) or 0
-    except UserError as err:
-        if os.environ.get("PSFT_DEBUG"):
-            raise
-        print(f"psft {argv[0]}: error: {err}", file=sys.stderr)
-        return 2
+    module = COMMANDS[argv[0]][0]
+    return run_command(argv[0], lambda: importlib.import_module(module).main(argv[1:]))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ BUILTIN_PREFIX = "psft/"  # `psft/<task>`: a task of the built-in synthetic suit
 BUILTIN_TEST_SIZE = 100
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
+JSON_WHITESPACE = " \t\r\n"  # what JSON (and so a blank JSONL line) may hold between values
 SKIP_HINT = "; fix the record or set skip_invalid_records=true to skip invalid records"
 
 
@@ -41,7 +42,8 @@ def load_sft_dataset(
             raise UserError(f"{name_or_path}: no such data file")
         if extension not in LOCAL_BUILDERS:
             raise UserError(f"{name_or_path}: unsupported file type; use .json, .jsonl or .parquet")
-        bad_lines = check_jsonl(name_or_path, text_field, skip_invalid) if extension == ".jsonl" else []
+        lines = extension == ".jsonl" or (extension == ".json" and json_file_is_lines(name_or_path))
+        bad_lines = check_jsonl(name_or_path, text_field, skip_invalid) if lines else []
         if bad_lines and not streaming:
             return Dataset.from_list(_jsonl_records(name_or_path, set(bad_lines)))
         try:
@@ -51,7 +53,13 @@ def load_sft_dataset(
         except Exception as err:  # datasets wraps parse errors in several exception types
             raise UserError(f"{name_or_path}: cannot be read as {extension[1:]}: {_first_line(err)}") from err
     else:
-        dataset = load_dataset(name_or_path, name=config, split=split, streaming=streaming)
+        try:
+            dataset = load_dataset(name_or_path, name=config, split=split, streaming=streaming)
+        except OSError as err:  # neither on disk nor on the hub (or the hub is unreachable)
+            raise UserError(
+                f"{name_or_path}: no such data file (looked for {os.path.abspath(name_or_path)}), and no hub "
+                f"dataset of that name ({_first_line(err)}); local files need a .json, .jsonl or .parquet extension"
+            ) from None
     if isinstance(dataset, DatasetDict):  # a hub dataset without the split asked for
         raise UserError(f"{name_or_path}: no split {split!r}; it has {', '.join(dataset)}")
     return validate_records(dataset, name_or_path, text_field, skip_invalid)
@@ -111,8 +119,47 @@ def check_jsonl(path: str, text_field: str = "text", skip_invalid: bool = False)
 def _jsonl_records(path: str, skip_lines: set[int]) -> list[dict]:
     """The records of a checked JSONL file, without the lines given."""
     with open(path, "rb") as f:
-        lines = [(n, raw) for n, raw in enumerate(f, start=1) if n not in skip_lines and raw.strip()]
-    return [json.loads(raw) for _, raw in lines]
+        lines = [
+            (n, raw)
+            for n, raw in enumerate(f, start=1)
+            if n not in skip_lines and raw.strip(JSON_WHITESPACE.encode())
+        ]
+    return [json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8")) for n, raw in lines]
+
+
+def json_file_is_lines(path: str) -> bool:
+    """Whether a `.json` file is JSON Lines (True) or one JSON value (False, then a list of records). A file
+    holding one object or anything else but a list is an error: `datasets` would read it as one record."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).decode("utf-8-sig", errors="replace").lstrip()
+    if head.startswith("["):
+        return False
+    first = head.split("\n", 1)[0].strip()
+    try:
+        json.loads(first)  # a whole value on the first line: JSON Lines if anything follows
+    except json.JSONDecodeError:
+        first = None
+    if first is not None and head[len(first) :].strip():
+        return True
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # values after the first: JSON Lines with a very long first line
+            return True
+        raise UserError(
+            f"{path}: not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if isinstance(value, dict):
+        found = f"one object with keys {sorted(value)[:5]}"
+    else:
+        found = f"a JSON {type(value).__name__}"
+    raise UserError(
+        f"{path}: a .json file must hold a list of records ([{{...}}, ...]) or one record per line (JSON Lines); "
+        f"it holds {found}"
+    )
 
 
 class _BlankLine(Exception):
@@ -122,10 +169,10 @@ class _BlankLine(Exception):
 def _jsonl_line_problem(raw: bytes, fmt: str | None, text_field: str) -> tuple[str | None, str | None]:
     """(what is wrong with one JSONL line or None, the file's format as set by its first good record)."""
     try:
-        line = raw.decode("utf-8")
+        line = raw.decode("utf-8-sig")  # a byte-order mark is only stripped where it is (the first line)
     except UnicodeDecodeError as err:
         return f"not UTF-8 text ({err.reason} at byte {err.start})", fmt
-    if not line.strip():
+    if not line.strip(JSON_WHITESPACE):  # other whitespace (\v, \f) is not blank to JSON or pyarrow
         raise _BlankLine
     try:
         record = json.loads(line)

@@ -4,7 +4,9 @@
   truncation to `max_length` leaves without a loss token (TRL drops them silently) are an error, or a logged
   skip with `skip_invalid_records`.
 - Checkpoints are written atomically and carry the pending old log-probs of an interrupted rollout, so a
-  resumed run ends with the same parameters as an uninterrupted one (`psft.checkpoint`).
+  resumed run ends with the same parameters as an uninterrupted one (`psft.checkpoint`). A checkpoint to resume
+  is checked first: whole (a completeness manifest), and saved by a run with the same meaning (objective,
+  schedule, batch shape, world size, data).
 - An optimizer step with a non-finite loss or gradient is skipped for real: gradients are dropped (`None`, so
   AdamW neither moves the weights nor advances its moments or step count) and the optimizer reports the step as
   skipped, so the LR scheduler does not advance either. `max_nonfinite_steps` in a row stop the run.
@@ -18,17 +20,23 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import Tensor
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
 from psft.checkpoint import (
     STAGING_PREFIX,
+    check_run_meaning,
+    data_fingerprint,
     load_rollout_state,
     publish,
     remove_staging,
+    resolve_resume,
     restore_old_log_probs,
     rollout_state,
+    run_meaning,
     save_rollout_state,
+    save_run_meaning,
+    write_manifest,
 )
 from psft.data import check_chat_template, validate_records
 from psft.errors import UserError
@@ -41,6 +49,7 @@ class ReliabilityMixin:
 
     _staging_dir: str | None = None
     _resumed_rollout: dict[str, Any] | None = None
+    _meaning: dict[str, Any] | None = None  # `_run_meaning()`, computed once
     _step_loss_finite: Tensor | None = None
     nonfinite_in_a_row = 0
     nonfinite_skipped = 0  # optimizer steps skipped so far (logged as `nonfinite_skipped`)
@@ -137,12 +146,14 @@ class ReliabilityMixin:
 
     # ------------------------------------------------------- checkpoint / resume
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        """Load the interrupted rollout's old log-probs with the checkpoint, then train as the Trainer does."""
+        """Check the checkpoint is whole and means the same run, load the interrupted rollout's old log-probs
+        with it, then train as the Trainer does."""
         checkpoint = resume_from_checkpoint
-        if checkpoint is True and os.path.isdir(self.args.output_dir):
-            checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        if checkpoint is True or isinstance(checkpoint, str):
+            checkpoint = resolve_resume(self.args.output_dir, checkpoint)
         self._resumed_rollout = None
         if isinstance(checkpoint, str):
+            check_run_meaning(checkpoint, self._run_meaning())
             if self.args.rollout_epochs > 1:
                 raise UserError(
                     "resuming with rollout_epochs > 1 is not supported (the Trainer's data skip cannot find the "
@@ -156,9 +167,16 @@ class ReliabilityMixin:
                 )
             else:
                 state["source"] = checkpoint
-                self._rollout_index = state["rollout_index"]
+                # the interrupted rollout is counted again when its remaining mini-batches are re-fetched
+                self._rollout_index = state["rollout_index"] - (1 if state["pending"] else 0)
             self._resumed_rollout = state
         return super().train(checkpoint, *args, **kwargs)
+
+    def _run_meaning(self) -> dict[str, Any]:
+        """What fixes this run's meaning (`psft.checkpoint.run_meaning`), the data hashed once per run."""
+        if self._meaning is None:
+            self._meaning = run_meaning(self.args, data_fingerprint(self.train_dataset))
+        return self._meaning
 
     def _restored_old_log_probs(self, mini_batches: list[list[dict[str, Any]]]) -> list[list[Any]] | None:
         """For the first rollout after a resume inside a rollout: the saved old log-probs of its mini-batches."""
@@ -195,6 +213,8 @@ class ReliabilityMixin:
             if self.args.should_save:
                 self.state.save_to_json(os.path.join(staging, name, "trainer_state.json"))
         if self.args.should_save:
+            save_run_meaning(os.path.join(staging, name), self._run_meaning())
+            write_manifest(os.path.join(staging, name))  # last: marks the checkpoint complete
             publish(os.path.join(staging, name), final)
             rotate_checkpoints(
                 output_dir=run_dir,

@@ -20,6 +20,7 @@ from typing import Any
 from datasets import Dataset
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
+from psft.args import parse_config_and_flags
 from psft.data import is_builtin
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
@@ -206,9 +207,7 @@ def run_rl_stage(
 def load_rl_config(path: str, output_dir: str) -> tuple[RLArguments, RLConfig]:
     """`psft rl` settings from a YAML file, with `output_dir` set: for `psft compare --rl`, checked before
     any fine-tuning runs."""
-    rl_args, config, _ = make_parser().parse_args_and_config(
-        args=["--config", path, "--output_dir", output_dir]
-    )
+    rl_args, config, _ = parse_config_and_flags(make_parser(), ["--config", path, "--output_dir", output_dir])
     return rl_args, config
 
 
@@ -219,7 +218,14 @@ def make_parser() -> TrlParser:
 
 def main(argv: list[str]) -> int:
     """One GRPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    rl_args, config, model_args = make_parser().parse_args_and_config(args=argv)
+    from psft.cli_help import show_help
+    from psft.threads import configure_threads
+
+    parser = make_parser()
+    if show_help(argv, parser, "psft rl --config rl.yaml [--key value ...]   (every YAML field is also a flag)"):
+        return 0
+    rl_args, config, model_args = parse_config_and_flags(parser, argv)
+    configure_threads()
     config.model_init_kwargs = dict(
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,

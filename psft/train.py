@@ -10,16 +10,20 @@ and `TrainingArguments`, plus the PSFT fields), `ModelConfig` (model_name_or_pat
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_dataset, get_peft_config
 
+from psft.args import parse_config_and_flags
+from psft.checkpoint import check_run_meaning, last_complete_checkpoint, resolve_resume, run_meaning
 from psft.cli_help import show_help
 from psft.config import PSFTConfig
-from psft.data import check_chat_template, load_sft_dataset, validate_records
-from psft.errors import UserError
-from psft.tiny import resolve_model_name
+from psft.data import BUILTIN_PREFIX, LOCAL_BUILDERS, check_chat_template, load_sft_dataset, validate_records
+from psft.errors import Interrupted, UserError, first_line
+from psft.tiny import BUILTIN_MODEL_NAME, resolve_model_name
 
 USAGE = "psft train --config run.yaml [--key value ...]   (every YAML field is also a flag)"
 
@@ -41,6 +45,71 @@ def make_parser() -> TrlParser:
     return TrlParser(
         (ScriptArguments, PSFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments), prog="psft train"
     )
+
+
+def parse_args(
+    argv: list[str],
+) -> tuple[ScriptArguments, PSFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments]:
+    """`psft train`'s flags over its `--config FILE.yaml` (`psft.args.parse_config_and_flags`)."""
+    return parse_config_and_flags(make_parser(), argv)
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (`org/name`): absolute, relative with `.`/`~`, or with several `/`."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def check_before_loading(
+    script_args: ScriptArguments, training_args: PSFTConfig, model_args: ModelConfig
+) -> Any:
+    """The cheap checks, before any data or weights load: output_dir, the checkpoint to resume, the data file,
+    the model's config. Returns the checkpoint to resume (a path) or None."""
+    out = training_args.output_dir
+    if out and os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"output_dir {out} is a file, not a directory; choose another output_dir")
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the last checkpoint in output_dir
+        resume = True
+    elif isinstance(resume, str) and resume.lower() in ("false", "none", ""):
+        resume = None
+    if resume is not None:
+        resume = resolve_resume(out, resume)
+        check_run_meaning(resume, run_meaning(training_args, data=None))  # the data is checked once tokenised
+    name = script_args.dataset_name
+    if name and not os.path.exists(name) and not name.startswith(BUILTIN_PREFIX):
+        parent = os.path.dirname(name)  # `data/train` with a `data/` folder here is a path, not a hub name
+        local = _looks_local(name) or (parent and os.path.isdir(parent))
+        if local or os.path.splitext(name)[1].lower() in LOCAL_BUILDERS:
+            raise UserError(
+                f"dataset_name {name}: no such data file (looked for {os.path.abspath(name)}: a local .json, "
+                ".jsonl or .parquet file)"
+            )
+    model = model_args.model_name_or_path
+    if not model:
+        raise UserError("no model: set model_name_or_path (hub name, local directory or psft/tiny-base)")
+    path = os.path.expanduser(resolve_model_name(model))
+    if os.path.exists(path) or _looks_local(model):
+        if not os.path.isdir(path):
+            raise UserError(
+                f"model_name_or_path {model}: no such model directory (looked for {os.path.abspath(path)}; hub "
+                f"names look like org/name, the built-in model is {BUILTIN_MODEL_NAME})"
+            )
+        if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
+            raise UserError(
+                f"model_name_or_path {model}: {path} has no config.json, so it is not a model directory"
+            )
+        return resume
+    from transformers import AutoConfig
+
+    try:  # one small file: a wrong hub name fails here, not after the data has loaded
+        AutoConfig.from_pretrained(
+            model, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"model_name_or_path {model}: not a local directory, and the hub has no such model ({first_line(err)})"
+        ) from None
+    return resume
 
 
 def load_datasets(
@@ -75,15 +144,14 @@ def load_datasets(
 def main(argv: list[str]) -> int:
     """Parse, load data and model, train, save the final model to `output_dir`."""
     from psft.threads import configure_threads
-    from psft.trainer import PSFTTrainer
+    from psft.trainer import PSFTTrainer, check_honoured_options
 
-    parser = make_parser()
-    if show_help(argv, parser, USAGE):
+    if show_help(argv, make_parser(), USAGE):
         return 0
-    script_args, training_args, model_args, dataset_args, run_args = parser.parse_args_and_config(args=argv)
+    script_args, training_args, model_args, dataset_args, run_args = parse_args(list(argv))
     configure_threads(run_args.threads)
-    if not model_args.model_name_or_path:
-        raise UserError("no model: set model_name_or_path (hub name, local directory or psft/tiny-base)")
+    check_honoured_options(training_args)
+    resume = check_before_loading(script_args, training_args, model_args)
     train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
     model_name = resolve_model_name(model_args.model_name_or_path)
     if training_args.assistant_only_loss:  # checked on the tokenizer alone, before the model loads
@@ -110,12 +178,12 @@ def main(argv: list[str]) -> int:
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the last checkpoint in output_dir
-        resume = True
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(training_args.output_dir)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(training_args.output_dir)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_note(training_args.output_dir)) from None
     trainer.save_state()  # trainer_state.json: every logged metric, step by step
     trainer.accelerator.print(summary_line(trainer, result.global_step, time.perf_counter() - start))
     trainer.end()
@@ -131,3 +199,11 @@ def summary_line(trainer, steps: int, seconds: float) -> str:
         f"psft train: {steps} optimizer steps in {seconds:.0f} s{nll}; model saved to {out}, "
         f"logged metrics in {out}/trainer_state.json"
     )
+
+
+def interrupted_note(output_dir: str) -> str:
+    """One line for a Ctrl-C'd run: the last complete checkpoint and how to resume from it."""
+    last = last_complete_checkpoint(output_dir)
+    if last is None:
+        return f"no complete checkpoint in {output_dir}; the run starts over"
+    return f"the last complete checkpoint is {last}; continue with --resume_from_checkpoint true"

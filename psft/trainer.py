@@ -88,6 +88,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             model = resolve_model_name(model)
         if not accelerator_available():  # DeepSpeed (imported by accelerate) would warn that it found no GPU
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        check_honoured_options(args, kwargs.get("compute_loss_func"))
         # SFTTrainer.__init__ only knows its own loss names; ours were validated by PSFTConfig.
         loss_type, args.loss_type = args.loss_type, "nll"
         try:
@@ -321,7 +322,13 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         old_log_probs = inputs.pop(OLD_LOG_PROBS, None)
         ref_log_probs = inputs.pop(REF_LOG_PROBS, None)
         if not self.model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # Evaluation loss is plain NLL for every objective, so eval_loss compares methods. TRL 1.16's
+            # SFTTrainer.compute_loss picks DFT, label smoothing or NLL from args.loss_type: show it "nll".
+            loss_type, self.args.loss_type = self.args.loss_type, "nll"
+            try:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                self.args.loss_type = loss_type
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
         outputs = model(**inputs, use_cache=False, fused_lm_head=True)
@@ -397,6 +404,26 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             self._sums.clear()
             self._ratio_max.fill_(-math.inf)
         super().log(logs, start_time)
+
+
+def check_honoured_options(args: TrainingArguments, compute_loss_func: Any = None) -> None:
+    """Refuse options that `SFTTrainer` honours but `PSFTTrainer`'s loss does not: silently ignoring them
+    would train something other than what was asked."""
+    if compute_loss_func is not None:
+        raise UserError(
+            "compute_loss_func is not supported by PSFTTrainer: register the objective with "
+            "psft.losses.register_loss and set loss_type to its name"
+        )
+    if args.label_smoothing_factor:
+        raise UserError(
+            f"label_smoothing_factor={args.label_smoothing_factor} is not supported by PSFTTrainer (its objectives "
+            "are per-token log-prob functions); set it to 0"
+        )
+    if not args.average_tokens_across_devices:
+        raise UserError(
+            "average_tokens_across_devices=false is not supported: PSFTTrainer always divides by the loss tokens of "
+            "the whole optimizer step across processes; remove the option"
+        )
 
 
 def _warn_if_rollouts_are_cut(args: PSFTConfig, updates_per_epoch: int) -> None:

@@ -78,6 +78,7 @@ def test_assistant_only_loss_needs_generation_markers_in_the_template(tmp_path):
 def test_cli_checks_the_chat_template_before_loading_the_model(tmp_path, capsys):
     model_dir = tmp_path / "tokenizer-only"  # no weights: reaching the model load would fail differently
     no_generation_markers().save_pretrained(model_dir)
+    make_tiny_llama(TOKENIZER).config.save_pretrained(model_dir)  # a config passes the early path check
     data = tmp_path / "train.jsonl"
     row = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     data.write_text(json.dumps(row) + "\n")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from psft.checkpoint import publish
+from psft.checkpoint import publish, write_manifest
 
 SCRIPT = Path(__file__).with_name("resume_run.py")
 
@@ -58,6 +58,7 @@ def test_resuming_without_the_rollout_state_drifts_so_the_state_is_what_makes_it
     out = tmp_path / "run"
     assert run(out, "--kill-saving", "9").returncode == -9
     (out / "checkpoint-6" / "psft_rollout_state_0.pt").unlink()
+    write_manifest(str(out / "checkpoint-6"))  # a complete checkpoint without the state (older psft)
     resumed = run(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "has no PSFT rollout state" in resumed.stderr

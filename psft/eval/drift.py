@@ -16,8 +16,8 @@ Reported per position, averaged over all positions:
   finds the held-out text less likely than the base did).
 
 Memory: logits are never materialised for a whole sequence; the final hidden states go through the output
-head `chunk_size` positions at a time, so peak extra memory is a few batch x chunk_size x vocab float32
-tensors (measured on CPU, 8 x 1024 tokens, vocab 32k: 0.41 GB peak RSS growth for stats + drift, against
+head `chunk_size` positions at a time (by default as many as keep batch x chunk_size x vocab within
+`LOGITS_CHUNK_ELEMENTS`), so peak extra memory is a few batch x chunk_size x vocab float32 tensors (measured on CPU, 8 x 1024 tokens, vocab 32k: 0.41 GB peak RSS growth for stats + drift, against
 2.0 GB for one plain full-logits log-softmax). The stats file takes about N x top_k x 8 bytes for N positions.
 """
 
@@ -28,11 +28,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import is_peft_model
 from safetensors.torch import load_file, save_file
 
 from psft.errors import UserError
+from psft.logprobs import head_scaling
 
 FORMAT = "psft-drift-v1"
+LOGITS_CHUNK_ELEMENTS = 1 << 24
+"""Logits scored at a time by default (batch x positions x vocabulary, float32: 64 MB)."""
 
 
 @dataclass
@@ -55,27 +59,42 @@ class DriftResult:
         return asdict(self)
 
 
+def _causal_lm(model):
+    """The causal LM inside `model` (a PEFT model's base, LoRA layers included)."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def last_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The backbone's final hidden states, without the output head (no full logits)."""
+    backbone = _causal_lm(model).base_model
+    return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def head_log_softmax(model, hidden: torch.Tensor) -> torch.Tensor:
+    """float32 log-softmax of the model's next-token logits for `hidden` (`(..., d)`), with the head's own
+    scaling (`logit_scale`, `logits_scaling`, final softcapping: `psft.logprobs.head_scaling`)."""
+    causal_lm = _causal_lm(model)
+    softcap, scale = head_scaling(causal_lm.config)
+    logits = causal_lm.get_output_embeddings()(hidden).float()
+    if scale != 1.0:
+        logits.mul_(scale)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax in place: one chunk in memory
+
+
 def _logits(
-    model, input_ids: torch.Tensor, mask: torch.Tensor, chunk_size: int
+    model, input_ids: torch.Tensor, mask: torch.Tensor, chunk_size: int | None
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, float32 log-softmax) for chunks of the positions that have a next token (all but the last)."""
+    """(start, float32 log-softmax) for chunks of the positions that have a next token (all but the last);
+    `chunk_size=None`: as many positions as keep a chunk within `LOGITS_CHUNK_ELEMENTS`."""
     last = input_ids.shape[1] - 1
-    try:
-        decoder, head = model.get_decoder(), model.get_output_embeddings()
-    except (AttributeError, ValueError):
-        decoder = head = None
-    if decoder is None or head is None:  # unusual architecture: full logits, still chunked for log-softmax
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        for s in range(0, last, chunk_size):
-            yield s, logits[:, s : min(s + chunk_size, last)].float().log_softmax(-1)  # a new tensor
-        return
-    hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    hidden = last_hidden_state(model, input_ids, mask)
+    if chunk_size is None:
+        vocab = _causal_lm(model).get_output_embeddings().out_features
+        chunk_size = max(1, LOGITS_CHUNK_ELEMENTS // (input_ids.shape[0] * vocab))
     for s in range(0, last, chunk_size):
-        logits = head(hidden[:, s : min(s + chunk_size, last)]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        yield s, logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax in place: one chunk in memory
+        yield s, head_log_softmax(model, hidden[:, s : min(s + chunk_size, last)])
 
 
 def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, device) -> Iterator[tuple]:
@@ -113,7 +132,7 @@ def compute_reference_stats(
     top_k: int = 64,
     max_length: int = 512,
     batch_size: int = 8,
-    chunk_size: int = 128,
+    chunk_size: int | None = None,
 ) -> Path:
     """Run the base `model` on `texts` once and save its per-position top-k statistics to `path`."""
     seqs = [
@@ -176,7 +195,9 @@ def load_reference_stats(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
 
 
 @torch.no_grad()
-def measure_drift(model, path: str | Path, *, batch_size: int = 8, chunk_size: int = 128) -> DriftResult:
+def measure_drift(
+    model, path: str | Path, *, batch_size: int = 8, chunk_size: int | None = None
+) -> DriftResult:
     """Compare `model` with the base statistics stored at `path` (see the module docstring)."""
     stats, meta = load_reference_stats(path)
     lengths = stats["lengths"].tolist()
