@@ -26,6 +26,7 @@ from trl import DPOConfig, ModelConfig, TrlParser, get_peft_config
 from trl.data_utils import common_prefix_length, extract_prompt, is_conversational
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from psft.args import parse_config_and_flags
 from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_builtin
 from psft.errors import UserError
 from psft.logprobs import label_log_probs
@@ -474,8 +475,8 @@ def run_after_compare(
 def load_dpo_config(path: str, output_dir: str) -> tuple[DPOArguments, DPOConfig]:
     """`psft dpo` settings from a YAML file, with `output_dir` set: for `psft compare --dpo`, checked before
     any fine-tuning runs."""
-    dpo_args, config, _ = make_parser().parse_args_and_config(
-        args=["--config", path, "--output_dir", output_dir]
+    dpo_args, config, _ = parse_config_and_flags(
+        make_parser(), ["--config", path, "--output_dir", output_dir]
     )
     return dpo_args, config
 
@@ -487,7 +488,16 @@ def make_parser() -> TrlParser:
 
 def main(argv: list[str]) -> int:
     """One DPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    dpo_args, config, model_args = make_parser().parse_args_and_config(args=argv)
+    from psft.cli_help import show_help
+    from psft.threads import configure_threads
+
+    parser = make_parser()
+    if show_help(
+        argv, parser, "psft dpo --config dpo.yaml [--key value ...]   (every YAML field is also a flag)"
+    ):
+        return 0
+    dpo_args, config, model_args = parse_config_and_flags(parser, argv)
+    configure_threads()
     config.model_init_kwargs = dict(
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,
