@@ -74,9 +74,8 @@ def choose_threads(requested: int | None = None, jobs: int = 1) -> tuple[int, st
 
 
 def configure_threads(requested: int | None = None, jobs: int = 1, announce: bool = True) -> int:
-    """Set torch's intra-op thread count (see `choose_threads`) and say so in one line on stderr."""
-    import sys
-
+    """Set torch's intra-op thread count (see `choose_threads`) and say so in one line on stdout (stderr is
+    kept for errors, one line each)."""
     import torch
 
     threads, reason = choose_threads(requested, jobs)
@@ -85,6 +84,6 @@ def configure_threads(requested: int | None = None, jobs: int = 1, announce: boo
         print(
             f"psft: {threads} CPU thread{'s' if threads > 1 else ''} ({reason}; override with --threads N "
             "or OMP_NUM_THREADS)",
-            file=sys.stderr,
+            flush=True,
         )
     return threads
