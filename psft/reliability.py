@@ -57,20 +57,21 @@ class ReliabilityMixin:
     def _prepare_chat_template(model: Any, args: Any, kwargs: dict[str, Any]) -> None:
         """Give TRL a tokenizer whose template has `{% generation %}` markers (`psft.templates`): loaded here as
         TRL would (`AutoProcessor` on the model's id, trl 1.16) when none is passed, then checked or patched."""
-        name = model if isinstance(model, str) else getattr(model, "name_or_path", None) or "model"
+        config = getattr(model, "config", None)
+        name = model if isinstance(model, str) else getattr(config, "_name_or_path", None)
         tokenizer = kwargs.get("processing_class")
-        if tokenizer is None and isinstance(model, str):
+        if tokenizer is None and name:
             from transformers import AutoProcessor
 
             from psft.tiny import resolve_model_name
 
             tokenizer = AutoProcessor.from_pretrained(
-                resolve_model_name(model), trust_remote_code=args.trust_remote_code
+                resolve_model_name(name), trust_remote_code=args.trust_remote_code
             )
             kwargs["processing_class"] = tokenizer
         if not hasattr(tokenizer, "apply_chat_template") or hasattr(tokenizer, "tokenizer"):
             return  # a processor (vision-language model): TRL checks its template itself
-        check_chat_template(tokenizer, args.chat_template_path, name)
+        check_chat_template(tokenizer, args.chat_template_path, name or "model")
         if args.chat_template_path is not None and os.path.isfile(args.chat_template_path):
             # applied (and patched if needed) above: TRL must not re-read the unpatched file over it
             args.chat_template_path = None
