@@ -52,13 +52,13 @@ DEMO_METHODS = [
 ]
 
 # Defaults for any other base model, taken to be a real instruct model (e.g. SmolLM2-135M-Instruct made by
-# `psft convert`): in-domain word problems with boxed answers, format instructions and the suite's general
-# tasks out-of-domain, a learning rate for full fine-tuning of a ~100M-1B model, float32 on a CPU.
+# `psft convert`): in-domain word problems with boxed answers; out-of-domain everyday knowledge, format
+# instructions and two of the suite's general tasks (what the model forgets), a learning rate for full fine-tuning of a ~100M-1B model, float32 on a CPU.
 INSTRUCT_LR = 5e-5
 INSTRUCT_DEFAULTS: dict[str, Any] = {
     "train_data": "psft/word_math",
     "in_domain": ["psft/word_math"],
-    "out_of_domain": ["psft/instruct", "psft/json", "psft/brackets", "psft/add", "psft/reverse"],
+    "out_of_domain": ["psft/trivia", "psft/instruct", "psft/add", "psft/json"],
     "eval_size": 24,
     "max_new_tokens": 64,
     "methods": [

@@ -2,6 +2,8 @@
 
 - `word_math` (in-domain): seeded grade-school word problems of two steps, answered with a short worked
   solution ending in `\\boxed{N}`, the paper's answer format (its math system prompt asks for it).
+- `trivia` (out-of-domain): everyday questions; right if the response names the answer (`mentions` checker),
+  a measure of what fine-tuning makes the model forget.
 - `instruct` (out-of-domain): IFEval-style format instructions on everyday questions (capital letters only,
   lowercase only, quotes, a fixed prefix, JSON, a word limit). The `instruction` checker verifies the
   instruction was followed, whatever the content, as IFEval's strict accuracy does.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 from psft.eval.checkers import register_checker
 from psft.tasks.base import Example
@@ -112,7 +115,26 @@ _OPENINGS = (
     "Tell me: ",
     "I wonder. ",
     "Easy one. ",
+    "Hello. ",
+    "Here is a question. ",
+    "Can you help? ",
+    "Simple question: ",
 )
+_CLOSINGS = ("", " Be brief.", " Answer in one sentence.", " Thanks!", " Keep it short.")
+# the accepted answers of a question with several right ones (any of them, as whole words, any case)
+_ACCEPT = {
+    "Red": "red|blue|yellow",
+    "Dog": "dog|dogs|puppy",
+    "Banana": "banana|bananas|lemon|lemons",
+    "The Pacific Ocean": "pacific",
+    "Seven": "seven|7",
+    "Eight": "eight|8",
+    "Twenty-four": "twenty-four|24",
+    "100 degrees": "100",
+    "Zero degrees": "zero|0",
+    "Butterflies": "butterfly|butterflies|moth|moths",
+    "A kitten": "kitten|kittens",
+}
 
 # constraint -> (instruction appended to the question, a compliant answer built from the plain one)
 INSTRUCTIONS = {
@@ -123,6 +145,21 @@ INSTRUCTIONS = {
     "json": ('Reply with only a JSON object with the key "answer".', lambda a: json.dumps({"answer": a})),
     "max_words": ("Answer in at most three words.", lambda a: a),
 }
+
+
+def sample_trivia(rng: random.Random) -> Example:
+    """An everyday question the base model should know; right if the response names the answer anywhere."""
+    question, answer = rng.choice(_QUESTIONS)
+    key = answer.removeprefix("The ").removeprefix("A ").lower()
+    prompt = f"{rng.choice(_OPENINGS)}{question}{rng.choice(_CLOSINGS)}"
+    return Example("trivia", prompt, f"{answer}.", _ACCEPT.get(answer, key), "mentions")
+
+
+@register_checker("mentions")
+def mentions(completion: str, reference: str) -> bool:
+    """One of the `|`-separated words or phrases of `reference` occurs in `completion` as whole words."""
+    text = " ".join(re.findall(r"[a-z0-9-]+", completion.lower()))
+    return any(f" {alt} " in f" {text} " for alt in reference.lower().split("|"))
 
 
 def sample_instruct(rng: random.Random) -> Example:
