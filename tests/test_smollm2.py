@@ -75,7 +75,9 @@ def test_converted_checkpoint_is_a_plain_float_model(smollm2_dir):
     assert getattr(model, "hf_quantizer", None) is None
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    assert len(tokenizer) == 49152 and tokenizer.eos_token == END and "<|im_start|>" in tokenizer.chat_template
+    assert (
+        len(tokenizer) == 49152 and tokenizer.eos_token == END and "<|im_start|>" in tokenizer.chat_template
+    )
 
 
 def test_convert_refuses_an_archive_without_a_gguf(tmp_path):
@@ -156,7 +158,9 @@ def test_lora_trains_only_the_adapter(smollm2_dir, tmp_path):
 
 
 def test_sft_kl_with_the_precomputed_reference(smollm2_dir, tmp_path):
-    trainer = trainer_for(smollm2_dir, tmp_path, loss_type="sft_kl", reference="precompute", learning_rate=3e-4)
+    trainer = trainer_for(
+        smollm2_dir, tmp_path, loss_type="sft_kl", reference="precompute", learning_rate=3e-4
+    )
     trainer.train()
     first, second = logged(trainer)
     assert (tmp_path / "out" / "reference_log_probs.pt").is_file()
@@ -193,7 +197,10 @@ def test_train_save_reload_generate_stops_at_end_of_turn(smollm2_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": QUESTION}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     with torch.no_grad():
         output = model.generate(**prompt, max_new_tokens=48, do_sample=False)
@@ -201,7 +208,9 @@ def test_train_save_reload_generate_stops_at_end_of_turn(smollm2_dir, tmp_path):
     assert new[-1] == tokenizer.convert_tokens_to_ids(END) and len(new) < 48  # it stopped by itself
     original = AutoTokenizer.from_pretrained(smollm2_dir)
     chat = records("messages")[0]["messages"]
-    assert tokenizer.apply_chat_template(chat, tokenize=False) == original.apply_chat_template(chat, tokenize=False)
+    assert tokenizer.apply_chat_template(chat, tokenize=False) == original.apply_chat_template(
+        chat, tokenize=False
+    )
 
 
 def test_eval_uses_the_chat_template_and_the_math_checker_on_boxed_answers(smollm2_dir, tmp_path, capsys):
