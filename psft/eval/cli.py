@@ -154,7 +154,11 @@ def run(args: argparse.Namespace) -> dict:
         records = _as_chat(records, tokenizer, args.no_chat_template, metrics)
         checker = args.checker or default_checker(records)
         metrics["checker"] = checker
-        print(f"checker for records without a 'checker' field: {checker}" + ("" if args.checker else " (auto)"))
+        unnamed = sum(1 for r in records if not r.checker)
+        how = "--checker" if args.checker else "auto: math if every reference is a number or \\boxed{}, else exact"
+        print(
+            f"checker for records without a 'checker' field: {checker} ({how}; {unnamed} of {len(records)} records)"
+        )
         result = evaluate_generation(
             model,
             tokenizer,
