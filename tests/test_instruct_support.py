@@ -156,3 +156,17 @@ def test_compare_defaults_suit_the_model(tmp_path):
     path.write_text(json.dumps({"model": "models/smollm2", "dtype": "bfloat16", "checker": "math"}))
     loaded = CompareConfig.from_yaml(str(path))
     assert loaded.in_domain == ["psft/word_math"] and loaded.dtype == "bfloat16" and loaded.checker == "math"
+
+
+def test_eval_wraps_string_prompts_in_the_chat_template_unless_told_not_to():
+    from psft.eval.cli import _as_chat
+
+    tokenizer = make_char_tokenizer()
+    records = [EvalRecord("What is 2+2?", "4"), EvalRecord([{"role": "user", "content": "hi"}], "yo")]
+    metrics: dict = {}
+    wrapped = _as_chat(records, tokenizer, raw=False, metrics=metrics)
+    assert wrapped[0].prompt == [{"role": "user", "content": "What is 2+2?"}] and wrapped[1] == records[1]
+    assert metrics == {"chat_template": True}
+    assert _as_chat(records, tokenizer, raw=True, metrics=metrics) == records and not metrics["chat_template"]
+    tokenizer.chat_template = None
+    assert _as_chat(records, tokenizer, raw=False, metrics=metrics) == records  # a base model: raw text
