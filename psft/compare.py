@@ -195,7 +195,7 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
     from psft.config import PSFTConfig
     from psft.data import load_sft_dataset
     from psft.eval.callback import EvalCallback
-    from psft.eval.checkers import default_checker
+    from psft.eval.checkers import infer_checker
     from psft.eval.records import load_records, render_text
     from psft.tiny import resolve_model_name
     from psft.trainer import PSFTTrainer
@@ -234,7 +234,7 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
         generation_kwargs={
             "max_new_tokens": config.max_new_tokens,
             "batch_size": 256,
-            "checker": config.checker or default_checker(load_records(in_domain + general)),
+            "checker": config.checker or infer_checker(load_records(in_domain + general)),
         },
     ).attach(trainer)
     start = time.time()

@@ -11,7 +11,7 @@ from datasets import Dataset
 from psft import PSFTConfig, PSFTTrainer
 from psft.compare import INSTRUCT_DEFAULTS, CompareConfig
 from psft.errors import UserError
-from psft.eval.checkers import default_checker, get_checker
+from psft.eval.checkers import get_checker, infer_checker
 from psft.eval.records import EvalRecord
 from psft.tasks import generate
 from psft.templates import TEMPLATES_DIR, patch_chatml, prepare_training_template, resolve_template_path
@@ -141,9 +141,9 @@ def test_eval_checker_default_follows_the_references():
     def records(*refs, checker=None):
         return [EvalRecord("q", ref, checker=checker) for ref in refs]
 
-    assert default_checker(records("12", "-3.5", "\\boxed{7}", "The answer is \\boxed{x+1}.")) == "math"
-    assert default_checker(records("12", "Paris")) == "exact"
-    assert default_checker(records("Paris", checker="mentions") + records("4")) == "math"
+    assert infer_checker(records("12", "-3.5", "\\boxed{7}", "The answer is \\boxed{x+1}.")) == "math"
+    assert infer_checker(records("12", "Paris")) == "exact"
+    assert infer_checker(records("Paris", checker="mentions") + records("4")) == "math"
 
 
 def test_compare_defaults_suit_the_model(tmp_path):

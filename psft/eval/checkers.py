@@ -169,7 +169,7 @@ class MathChecker:
         return Verdict(ok, str(answer[-1]) if answer else None)
 
 
-def default_checker(records: list) -> str:
+def infer_checker(records: list) -> str:
     """The checker for records that name none: "math" when every such reference is a number or holds a
     `\\boxed{}` answer (math-verify then compares values, not strings), else "exact"."""
     references = [r.reference.strip() for r in records if not r.checker]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from psft.errors import UserError
-from psft.eval.checkers import default_checker
+from psft.eval.checkers import infer_checker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model(args.model, device)
     if args.data:
         records = _as_chat(records, tokenizer, args.no_chat_template, metrics)
-        checker = args.checker or default_checker(records)
+        checker = args.checker or infer_checker(records)
         metrics["checker"] = checker
         unnamed = sum(1 for r in records if not r.checker)
         how = "--checker" if args.checker else "auto: math if every reference is a number or \\boxed{}, else exact"
