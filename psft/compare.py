@@ -8,7 +8,7 @@ terminal table and PNG plots: entropy and clip ratio over training, the in-domai
 trade-off of every checkpoint of every run (the Pareto view), and drift.
 
     psft compare --config compare.yaml [--output_dir DIR] [--quick] [--rl RL_YAML]   # RL: see psft.rl
-    psft demo [--quick] [--output_dir DIR]      # compare on the built-in tiny model and task suite
+    psft demo [--quick] [--output_dir DIR] [--model PATH]  # the tiny model and its suite, or a real instruct model
 """
 
 from __future__ import annotations
