@@ -8,12 +8,13 @@ terminal table and PNG plots: entropy and clip ratio over training, the in-domai
 trade-off of every checkpoint of every run (the Pareto view), and drift.
 
     psft compare --config compare.yaml [--output_dir DIR] [--quick] [--rl RL_YAML] [--dpo DPO_YAML]   # see psft.rl, psft.dpo
-    psft demo [--quick] [--output_dir DIR]      # compare on the built-in tiny model and task suite
+    psft demo [--quick] [--output_dir DIR] [--model PATH]  # the tiny model and its suite, or a real instruct model
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import time
@@ -50,6 +51,32 @@ DEMO_METHODS = [
     {"name": "sft-warmup", "loss_type": "sft", "learning_rate": DEMO_LR, "warmup_steps": 64},
 ]
 
+# Defaults for any other base model, taken to be a real instruct model (e.g. SmolLM2-135M-Instruct made by
+# `psft convert`): in-domain word problems with boxed answers; out-of-domain everyday knowledge, format
+# instructions and two of the suite's general tasks (what the model forgets), a learning rate for full fine-tuning of a ~100M-1B model, float32 on a CPU.
+INSTRUCT_LR = 5e-5
+INSTRUCT_DEFAULTS: dict[str, Any] = {
+    "train_data": "psft/word_math",
+    "in_domain": ["psft/word_math"],
+    "out_of_domain": ["psft/trivia", "psft/instruct", "psft/add", "psft/json"],
+    "eval_size": 16,
+    "eval_every": 8,
+    "max_new_tokens": 64,
+    "methods": [
+        {"name": "sft", "loss_type": "sft", "learning_rate": INSTRUCT_LR},
+        {"name": "psft-K4", "loss_type": "psft", "mini_batches_per_rollout": 4, "learning_rate": INSTRUCT_LR},
+    ],
+    "training": {
+        "per_device_train_batch_size": 8,
+        "max_steps": 16,
+        "lr_scheduler_type": "constant",
+        "weight_decay": 0.1,
+        "max_grad_norm": 1.0,
+        "max_length": 256,
+        "assistant_only_loss": True,
+    },
+}
+
 
 @dataclass
 class CompareConfig:
@@ -70,6 +97,8 @@ class CompareConfig:
     output_dir: str = "runs/compare"
     seed: int = 0
     save_models: bool = False  # save each method's final model in its run directory (`--rl` sets it)
+    dtype: str = "float32"  # weights' dtype for training and evaluation (`psft train`'s default too)
+    checker: str | None = None  # for evaluation records without a `checker` field; None: math or exact by data
 
     @classmethod
     def from_yaml(cls, path: str) -> CompareConfig:
@@ -85,7 +114,17 @@ class CompareConfig:
             raise UserError(
                 f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        return cls(**raw)
+        return cls.for_model(**raw)
+
+    @classmethod
+    def for_model(cls, **fields_: Any) -> CompareConfig:
+        """A config whose unset fields suit its `model`: the tiny model's suite for `psft/tiny-base`,
+        `INSTRUCT_DEFAULTS` for any other (a real instruct model)."""
+        from psft.tiny import BUILTIN_MODEL_NAME
+
+        if fields_.get("model", BUILTIN_MODEL_NAME) != BUILTIN_MODEL_NAME:
+            fields_ = {**copy.deepcopy(INSTRUCT_DEFAULTS), **fields_}
+        return cls(**fields_)
 
     def runs(self) -> list[dict[str, Any]]:
         """The methods, each with a unique `name`, multiplied by the sweep."""
@@ -156,7 +195,8 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
     from psft.config import PSFTConfig
     from psft.data import load_sft_dataset
     from psft.eval.callback import EvalCallback
-    from psft.eval.records import render_text
+    from psft.eval.checkers import infer_checker
+    from psft.eval.records import load_records, render_text
     from psft.tiny import resolve_model_name
     from psft.trainer import PSFTTrainer
 
@@ -180,7 +220,7 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
         raise UserError(f"method {run['name']!r}: {err}") from None
     model_path = resolve_model_name(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=config.dtype)
     train = load_sft_dataset(config.train_data)
     trainer = PSFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _planned_steps(trainer)
@@ -191,7 +231,11 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
         data=in_domain + general,
         drift_texts=[render_text(tokenizer, row) for row in general],
         # one big batch: on a CPU a decoding step costs about the same for 1 or 256 prompts of a tiny model
-        generation_kwargs={"max_new_tokens": config.max_new_tokens, "batch_size": 256},
+        generation_kwargs={
+            "max_new_tokens": config.max_new_tokens,
+            "batch_size": 256,
+            "checker": config.checker or infer_checker(load_records(in_domain + general)),
+        },
     ).attach(trainer)
     start = time.time()
     trainer.train()
@@ -298,6 +342,12 @@ def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     if not demo:
         parser.add_argument("--config", required=True, help="YAML file with CompareConfig fields")
+    else:
+        parser.add_argument(
+            "--model",
+            help="base model directory (e.g. from `psft convert`): a real instruct model, with word problems "
+            "in-domain and format instructions out-of-domain (default: the built-in tiny model and its suite)",
+        )
     parser.add_argument("--output_dir", help="where runs, report.json and plots go")
     parser.add_argument("--quick", action="store_true", help="a small run (about 2 minutes on a laptop CPU)")
     parser.add_argument(
@@ -323,7 +373,8 @@ def main(argv: list[str]) -> int:
 def demo_main(argv: list[str]) -> int:
     """`psft demo [--quick] [--output_dir DIR]`: compare on the built-in model and task suite."""
     args = _parser("psft demo", demo=True).parse_args(argv)
-    return _run(CompareConfig(output_dir="runs/demo"), args)
+    fields_ = {"model": args.model} if args.model else {}
+    return _run(CompareConfig.for_model(output_dir="runs/demo", **fields_), args)
 
 
 def _run(config: CompareConfig, args: argparse.Namespace) -> int:

@@ -239,22 +239,15 @@ def validate_records(
     return dataset
 
 
-def check_chat_template(
-    tokenizer: Any, dataset: Dataset | IterableDataset, model_name: str = "model"
-) -> None:
-    """With `assistant_only_loss`, the tokenizer's chat template must mark the assistant turns with
-    `{% generation %}` (or be one TRL knows how to patch): otherwise TRL fails late or masks nothing."""
-    from trl.chat_template_utils import get_training_chat_template
+def check_chat_template(tokenizer: Any, chat_template_path: str | None = None, model_name: str = "model") -> None:
+    """With `assistant_only_loss`: make `tokenizer` carry the chat template the run trains with (the user's
+    `chat_template_path`, or psft's checked patch of a ChatML template without `{% generation %}` markers),
+    or raise a one-line error naming the model and the fix. See `psft.templates`."""
+    from psft.templates import prepare_training_template
 
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"{model_name}: the tokenizer has no chat template; set assistant_only_loss=false")
-    try:
-        get_training_chat_template(tokenizer)
-    except ValueError:
-        raise UserError(
-            f"{model_name}: the chat template has no {{% generation %}} markers and TRL cannot patch it: wrap the "
-            "assistant turn in {% generation %}...{% endgeneration %} or set assistant_only_loss=false"
-        ) from None
+    template = prepare_training_template(tokenizer, chat_template_path, model_name)
+    if template is not None:
+        tokenizer.chat_template = template
 
 
 def check_format(dataset: Dataset | IterableDataset, source: str, text_field: str = "text") -> str:

@@ -40,6 +40,7 @@ from psft.checkpoint import (
 )
 from psft.data import check_chat_template, validate_records
 from psft.errors import UserError
+from psft.templates import resolve_template_path
 
 logger = logging.get_logger(__name__)
 
@@ -55,10 +56,34 @@ class ReliabilityMixin:
     nonfinite_skipped = 0  # optimizer steps skipped so far (logged as `nonfinite_skipped`)
 
     def __init__(self, model: Any, args: Any = None, **kwargs: Any):
-        tokenizer = kwargs.get("processing_class")
-        if args is not None and args.assistant_only_loss and hasattr(tokenizer, "apply_chat_template"):
-            check_chat_template(tokenizer, getattr(model, "name_or_path", str(model)))
+        if args is not None:
+            args.chat_template_path = resolve_template_path(args.chat_template_path)  # `psft/chatml` -> file
+        if args is not None and args.assistant_only_loss:
+            self._prepare_chat_template(model, args, kwargs)
         super().__init__(model, args=args, **kwargs)
+
+    @staticmethod
+    def _prepare_chat_template(model: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        """Give TRL a tokenizer whose template has `{% generation %}` markers (`psft.templates`): loaded here as
+        TRL would (`AutoProcessor` on the model's id, trl 1.16) when none is passed, then checked or patched."""
+        config = getattr(model, "config", None)
+        name = model if isinstance(model, str) else getattr(config, "_name_or_path", None)
+        tokenizer = kwargs.get("processing_class")
+        if tokenizer is None and name:
+            from transformers import AutoProcessor
+
+            from psft.tiny import resolve_model_name
+
+            tokenizer = AutoProcessor.from_pretrained(
+                resolve_model_name(name), trust_remote_code=args.trust_remote_code
+            )
+            kwargs["processing_class"] = tokenizer
+        if not hasattr(tokenizer, "apply_chat_template") or hasattr(tokenizer, "tokenizer"):
+            return  # a processor (vision-language model): TRL checks its template itself
+        check_chat_template(tokenizer, args.chat_template_path, name or "model")
+        if args.chat_template_path is not None and os.path.isfile(args.chat_template_path):
+            # applied (and patched if needed) above: TRL must not re-read the unpatched file over it
+            args.chat_template_path = None
 
     # ---------------------------------------------------------------------- data
     def _prepare_dataset(

@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
         tokenizer = AutoTokenizer.from_pretrained(
             model_name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
         )
-        check_chat_template(tokenizer, model_args.model_name_or_path)
+        check_chat_template(tokenizer, training_args.chat_template_path, model_args.model_name_or_path)
 
     model_init_kwargs = dict(
         revision=model_args.model_revision,

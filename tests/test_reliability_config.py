@@ -95,3 +95,4 @@ def test_cli_checks_the_chat_template_before_loading_the_model(tmp_path, capsys)
     assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "no {% generation %} markers" in err.strip().splitlines()[-1]
+    assert f"psft train: error: {model_dir}: " in err  # names the model (it said "model:" before)

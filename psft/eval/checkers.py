@@ -167,3 +167,13 @@ class MathChecker:
         gold = self._parse(reference) or self._parse(f"${reference}$")
         ok = bool(gold and answer and verify(gold, answer, timeout_seconds=self._timeout()))
         return Verdict(ok, str(answer[-1]) if answer else None)
+
+
+def infer_checker(records: list) -> str:
+    """The checker for records that name none: "math" when every such reference is a number or holds a
+    `\\boxed{}` answer (math-verify then compares values, not strings), else "exact"."""
+    references = [r.reference.strip() for r in records if not r.checker]
+    numeric = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|[-+]?\d+/\d+")
+    if references and all(numeric.fullmatch(ref) or "\\boxed" in ref for ref in references):
+        return "math"
+    return "exact"

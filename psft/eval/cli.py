@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from psft.errors import UserError
+from psft.eval.checkers import infer_checker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="JSON/JSONL/Parquet file or hub dataset name with prompts and references")
     p.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
     p.add_argument("--task", action="append", help="evaluate only records with this task (repeatable)")
-    p.add_argument("--checker", default="exact", help="checker for records without a 'checker' field")
+    p.add_argument(
+        "--checker",
+        help="checker for records without a 'checker' field (default: math if every such reference is a "
+        "number or a \\boxed{} answer, else exact; the choice is printed)",
+    )
+    p.add_argument(
+        "--no-chat-template",
+        action="store_true",
+        help="feed string prompts as raw text (default: as a user message through the model's chat template)",
+    )
     p.add_argument(
         "--import",
         dest="imports",
@@ -109,6 +119,18 @@ def _drift_texts(data: str, tokenizer) -> list[str]:
     return texts
 
 
+def _as_chat(records: list, tokenizer, raw: bool, metrics: dict) -> list:
+    """String prompts become one user message when the model has a chat template (an instruct model answers
+    raw text as a document to continue); `raw` (--no-chat-template) keeps them as they are."""
+    from dataclasses import replace
+
+    chat = not raw and bool(getattr(tokenizer, "chat_template", None))
+    metrics["chat_template"] = chat
+    if not chat:
+        return records
+    return [replace(r, prompt=[{"role": "user", "content": r.prompt}]) if isinstance(r.prompt, str) else r for r in records]
+
+
 def import_plugins(modules: list[str]) -> None:
     """Import modules that register checkers: the built-in task suite's, then the user's."""
     for name in ["psft.tasks", *modules]:
@@ -152,6 +174,14 @@ def run(args: argparse.Namespace) -> dict:
         del base
     model, tokenizer = load_model(args.model, device)
     if args.data:
+        records = _as_chat(records, tokenizer, args.no_chat_template, metrics)
+        checker = args.checker or infer_checker(records)
+        metrics["checker"] = checker
+        unnamed = sum(1 for r in records if not r.checker)
+        how = "--checker" if args.checker else "auto: math if every reference is a number or \\boxed{}, else exact"
+        print(
+            f"checker for records without a 'checker' field: {checker} ({how}; {unnamed} of {len(records)} records)"
+        )
         result = evaluate_generation(
             model,
             tokenizer,
@@ -161,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
             top_p=args.top_p,
             max_new_tokens=args.max_new_tokens or default_max_new_tokens(model, tokenizer, records),
             batch_size=args.batch_size,
-            checker=args.checker,
+            checker=checker,
             seed=args.seed,
             samples_path=out / "samples.jsonl",
         )

@@ -19,9 +19,12 @@ from psft.tasks import checks  # noqa: F401  (registers the suite's checkers)
 from psft.tasks.arith import sample_arith
 from psft.tasks.base import SPLITS, Example, Sampler, sample_unique, split_of
 from psft.tasks.general import GENERAL_SAMPLERS
+from psft.tasks.instruct import sample_instruct, sample_trivia, sample_word_math
 from psft.tasks.preference import PAIRS_NAME, SFT_NAME, preference_pairs, sample_pref
 
-TASKS: dict[str, Sampler] = GENERAL_SAMPLERS | {"arith": sample_arith, SFT_NAME: sample_pref}
+# for a real instruct model (psft convert): in-domain word problems, out-of-domain format instructions
+INSTRUCT_TASKS = {"word_math": sample_word_math, "trivia": sample_trivia, "instruct": sample_instruct}
+TASKS: dict[str, Sampler] = GENERAL_SAMPLERS | {"arith": sample_arith, SFT_NAME: sample_pref} | INSTRUCT_TASKS
 PREFERENCE_TASKS = {PAIRS_NAME: preference_pairs}  # `psft/pref`: chosen/rejected pairs for `psft dpo`
 GENERAL_TASKS: tuple[str, ...] = tuple(GENERAL_SAMPLERS)
 IN_DOMAIN_TASK = "arith"
