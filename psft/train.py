@@ -14,6 +14,7 @@ from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, g
 
 from psft.config import PSFTConfig
 from psft.data import check_chat_template, load_sft_dataset, validate_records
+from psft.engines import check_engine
 from psft.errors import UserError
 from psft.tiny import resolve_model_name
 
@@ -88,6 +89,7 @@ def main(argv: list[str]) -> int:
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):  # the last checkpoint in output_dir
         resume = True
+    check_engine(trainer)  # says which engine runs, loudly if FSDP/DeepSpeed was asked for and DDP runs
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Saved the model to {training_args.output_dir}")

@@ -1,19 +1,23 @@
-"""Train a tiny model on 1 or more CPU processes and save its final parameters (launched by the tests).
+"""Train tiny models on 1 or more CPU processes and save what the tests compare (launched by the tests).
 
-torchrun --standalone --nproc_per_node 2 tests/distributed_run.py OUT.pt --engine fsdp2 --per_device_train_batch_size 4 ...
+    torchrun --standalone --nproc_per_node 2 tests/distributed_run.py OUT.pt SPEC.json
 
-`--engine` (ddp, fsdp2, zero2, zero3; default ddp) picks the distributed engine (`engines.py`); the saved record
-says which one the Trainer really used, so a test can refuse a silent fallback to DDP.
+SPEC is `{"engine": "fsdp2", "runs": {"name": {training-argument overrides}, ...}}`: the runs are trained one after
+the other in the same processes (one start-up for all of them) with the engine of `engines.py` (ddp, fsdp2, zero2,
+zero3). OUT gets, per run, the final parameters gathered whole, the logging-step entries, the precomputed reference
+table if there is one, and the engine the Trainer really used, so a test can refuse a silent fallback to DDP.
 """
 
+import json
 import sys
 from pathlib import Path
 
 import torch
-import yaml
 from engines import ENGINES
 from torch.distributed.tensor import DTensor
 from trainer_support import make_trainer, prompt_completion_data
+
+from psft.trainer import REFERENCE_FILE
 
 
 def engine_in_use(trainer) -> str:
@@ -27,39 +31,41 @@ def engine_in_use(trainer) -> str:
 
 
 def full_params(trainer) -> dict:
-    """Every parameter, gathered whole on every process (FSDP2 DTensors, ZeRO-3 partitions)."""
+    """Every parameter in float32, gathered whole on every process (FSDP2 DTensors, ZeRO-3 partitions)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters())):
-            return {k: v.detach().clone() for k, v in model.named_parameters()}
+            return {k: v.detach().float().clone() for k, v in model.named_parameters()}
     return {
-        k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+        k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().float().clone()
         for k, v in model.named_parameters()
     }
 
 
-def main(out: str, flags: list[str]) -> None:
-    # `--key value` pairs, typed like YAML scalars (4 -> int, 0.01 -> float, psft -> str)
-    overrides = {
-        key.removeprefix("--"): yaml.safe_load(value)
-        for key, value in zip(flags[::2], flags[1::2], strict=True)
-    }
-    engine = overrides.pop("engine", "ddp")
-    torch.set_num_threads(1)
-    trainer = make_trainer(
-        Path(out).parent / f"run-{Path(out).stem}",
-        data=prompt_completion_data(64),
-        **ENGINES[engine],
-        **overrides,
-    )
+def train(out_dir: Path, engine: str, overrides: dict) -> dict:
+    trainer = make_trainer(out_dir, data=prompt_completion_data(64), **ENGINES[engine], **overrides)
     trainer.train()
-    params = full_params(trainer)
-    if trainer.accelerator.is_main_process:
-        logs = [log for log in trainer.state.log_history if "nll" in log]
-        record = {"params": params, "logs": logs, "world": trainer.accelerator.num_processes}
-        torch.save({**record, "engine": engine_in_use(trainer)}, out)
+    table = out_dir / "out" / REFERENCE_FILE
+    return {
+        "params": full_params(trainer),
+        "logs": [log for log in trainer.state.log_history if "nll" in log],
+        "world": trainer.accelerator.num_processes,
+        "engine": engine_in_use(trainer),
+        "reference": torch.load(table) if table.is_file() else None,
+    }
+
+
+def main(out: str, spec: str) -> None:
+    spec = json.loads(spec)
+    torch.set_num_threads(1)
+    records = {
+        name: train(Path(out).parent / f"{Path(out).stem}-{name}", spec["engine"], overrides)
+        for name, overrides in spec["runs"].items()
+    }
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        torch.save(records, out)
     # leave the process group cleanly: a gloo thread still running at exit can abort the process
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -67,4 +73,4 @@ def main(out: str, flags: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    main(sys.argv[1], sys.argv[2])

@@ -11,6 +11,10 @@ FSDP2 = dict(
         "version": 2,
         "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
         "reshard_after_forward": True,
+        # Checkpoints as sharded DCP folders: gathering a FULL_STATE_DICT "to CPU" on CPU processes keeps the
+        # gathered tensors as collective wrappers (no copy is made when the device already is the CPU), which
+        # safetensors cannot save ("invalid python storage"); on GPUs the offload copies them.
+        "state_dict_type": "SHARDED_STATE_DICT",
     },
 )
 
