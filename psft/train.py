@@ -93,5 +93,6 @@ def main(argv: list[str]) -> int:
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Saved the model to {training_args.output_dir}")
+    trainer.accelerator.wait_for_everyone()  # no process leaves the group while another still talks in it
     trainer.end()
     return 0

@@ -16,7 +16,9 @@ import torch
 from engines import ENGINES
 from torch.distributed.tensor import DTensor
 from trainer_support import make_trainer, prompt_completion_data
+from transformers import TrainerCallback
 
+from psft import PSFTTrainer
 from psft.trainer import REFERENCE_FILE
 
 
@@ -44,11 +46,48 @@ def full_params(trainer) -> dict:
     }
 
 
+class NaNAt(PSFTTrainer):
+    """Multiplies the loss by NaN at the optimizer steps listed (0-based global steps)."""
+
+    nan_steps: tuple = ()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.model.training and self.state.global_step in self.nan_steps:
+            loss = loss * float("nan")
+        return loss
+
+
+class StepSnapshots(TrainerCallback):
+    """Whole parameters at the start of every optimizer step."""
+
+    def __init__(self):
+        self.trainer, self.by_step = None, {}
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.by_step[state.global_step] = full_params(self.trainer)
+
+
 def train(out_dir: Path, engine: str, overrides: dict) -> dict:
-    trainer = make_trainer(out_dir, data=prompt_completion_data(64), **ENGINES[engine], **overrides)
+    NaNAt.nan_steps = tuple(overrides.pop("nan_steps", ()))
+    snapshots = StepSnapshots()
+    trainer = make_trainer(
+        out_dir,
+        data=prompt_completion_data(64),
+        trainer_cls=NaNAt,
+        callbacks=[snapshots] if NaNAt.nan_steps else None,
+        **ENGINES[engine],
+        **overrides,
+    )
+    snapshots.trainer = trainer
     trainer.train()
     table = out_dir / "out" / REFERENCE_FILE
     return {
+        "snapshots": snapshots.by_step,
+        "nonfinite_skipped": trainer.nonfinite_skipped,
+        "lr_scheduler_steps": trainer.lr_scheduler.scheduler.last_epoch
+        if hasattr(trainer.lr_scheduler, "scheduler")
+        else trainer.lr_scheduler.last_epoch,
         "params": full_params(trainer),
         "logs": [log for log in trainer.state.log_history if "nll" in log],
         "world": trainer.accelerator.num_processes,
