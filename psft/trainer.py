@@ -253,7 +253,8 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         that its pass computes what the training forward would with the initial parameters."""
         if not getattr(self._ref_model, "_psft_prepared", False):
             if self.is_deepspeed_enabled:
-                self._ref_model = prepare_deepspeed(self._ref_model, self.accelerator).module
+                self._ref_engine = prepare_deepspeed(self._ref_model, self.accelerator)  # keeps its hooks alive
+                self._ref_model = self._ref_engine.module
             elif self.is_fsdp_enabled:
                 self._ref_model = prepare_fsdp(self._ref_model, self.accelerator)
             else:
