@@ -230,6 +230,17 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             return autocast_if_enabled(self.model_wrapped)
         return contextlib.nullcontext()
 
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The Trainer's, except that attached old/reference log-probs stay float32. Under DeepSpeed,
+        `Trainer._prepare_input` (transformers 5.23-5.24) casts every floating input to the engine's dtype, which in
+        bf16 would round them (ratio off by up to ~1.5% on an unchanged model)."""
+        attached = {k: inputs[k] for k in (OLD_LOG_PROBS, REF_LOG_PROBS) if k in inputs}
+        if not attached:
+            return super()._prepare_inputs(inputs)
+        prepared = super()._prepare_inputs({k: v for k, v in inputs.items() if k not in attached})
+        prepared.update({k: v.to(self.args.device) for k, v in attached.items()})
+        return prepared
+
     # ----------------------------------------------------------------- reference
     def _reference_mode(self) -> str:
         """`args.reference` with "auto" resolved, checked against the model."""
