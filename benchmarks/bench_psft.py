@@ -1,6 +1,10 @@
 """PSFT (K optimizer steps per rollout) against SFT through the real `PSFTTrainer`: step time, the no-grad
 forward, the floor `1 + (K-1)/K * t_fwd/t_sft`, and peak memory. Prints one JSON object.
 
+Two floors: `floor` takes `t_fwd` from the trainer's own old pass; `physical_floor` from the model's plain no-grad
+forward on the same micro-batch (`fwd_modes.plain_forward_pass`), so that the old pass's own overheads count against
+PSFT. `ratio_over_physical_floor` is the number to hold to 1.05.
+
     python benchmarks/bench_psft.py --size medium
 
 Timing runs in this process: one SFT (K = 1) and one PSFT trainer, built from the same model, data and
@@ -101,8 +105,10 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
             fwd[name] += time_call(lambda fn=fn: fn(psft, mb), max(k - 1, 1))
         del old_pass_times[standalone_start:]  # the "trainer" mode goes through the wrapper too: not training
     t_sft, t_psft, t_fwd = median(per_step["sft"]), median(per_step["psft"]), median(fwd["trainer"])
+    t_plain = median(fwd["plain_forward"])
     ratio = t_psft / t_sft
     floor = 1 + (k - 1) / k * t_fwd / t_sft
+    physical_floor = 1 + (k - 1) / k * t_plain / t_sft
     tokens = batch * (SIZES[size].prompt_len + SIZES[size].completion_len)
     position_medians = {kind: [median(ts) for ts in by_position[kind]] for kind in trainers}
     # the same ratio from per-position medians: robust to a slow phase of the machine hitting whole rollouts
@@ -119,6 +125,10 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
         "ratio_over_floor": ratio / floor,
         "ratio_by_position": ratio_by_position,
         "ratio_by_position_over_floor": ratio_by_position / floor,
+        "t_plain_fwd": t_plain,
+        "physical_floor": physical_floor,
+        "ratio_over_physical_floor": ratio / physical_floor,
+        "ratio_by_position_over_physical_floor": ratio_by_position / physical_floor,
         "position_medians": {kind: [round(t, 4) for t in v] for kind, v in position_medians.items()},
         "noise": {
             "sft": spread(per_step["sft"]),

@@ -9,7 +9,8 @@
   schedule, batch shape, world size, data).
 - An optimizer step with a non-finite loss or gradient is skipped for real: gradients are dropped (`None`, so
   AdamW neither moves the weights nor advances its moments or step count) and the optimizer reports the step as
-  skipped, so the LR scheduler does not advance either. `max_nonfinite_steps` in a row stop the run.
+  skipped, so the LR scheduler does not advance either. Under DeepSpeed, whose engine steps inside `backward`,
+  ZeRO's own overflow check skips the update and psft counts it. `max_nonfinite_steps` in a row stop the run.
 """
 
 from __future__ import annotations
@@ -138,23 +139,9 @@ class ReliabilityMixin:
         return grad_norm
 
     def _skip_if_nonfinite(self, model: torch.nn.Module, grad_norm: Any) -> None:
-        optimizer = getattr(self.optimizer, "_is_overflow", None) is not None and self.optimizer
-        if optimizer:
-            optimizer._is_overflow = False  # set by the previous skipped step, read by the LR scheduler step
-        ok = torch.isfinite(torch.as_tensor(grad_norm, dtype=torch.float32, device=self.args.device)).all()
-        if self._step_loss_finite is not None:
-            ok = ok & self._step_loss_finite.to(ok.device)
-        self._step_loss_finite = None
-        bad = (~ok).float()
-        if self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item() == 0:
+        if not self._step_was_nonfinite(model, grad_norm):
             self.nonfinite_in_a_row = 0
             return
-        for parameter in model.parameters():
-            parameter.grad = None  # AdamW skips parameters without a gradient entirely
-        if optimizer:
-            optimizer._is_overflow = True  # `accelerator.optimizer_step_was_skipped`: no LR scheduler step
         self.nonfinite_in_a_row += 1
         self.nonfinite_skipped += 1
         step = self.state.global_step + 1
@@ -168,6 +155,44 @@ class ReliabilityMixin:
                 "gradient (max_nonfinite_steps); lower learning_rate, set max_grad_norm, check the data, or "
                 "train in float32"
             )
+
+    def _step_was_nonfinite(self, model: torch.nn.Module, grad_norm: Any) -> bool:
+        """Whether this optimizer step had a non-finite loss or gradient on any process; if so, make sure the
+        update is not applied (and the LR scheduler does not step)."""
+        loss_finite, self._step_loss_finite = self._step_loss_finite, None
+        if self.is_deepspeed_enabled:
+            # DeepSpeed's engine steps inside `backward` of the last micro-batch, before this runs, and skips an
+            # update whose gradient norm is not finite itself (ZeRO's overflow check: `optimizer.overflow`, read
+            # by `step_was_skipped`, in fp32, bf16 and fp16; it also holds its LR scheduler back). Read its verdict.
+            skipped = self.accelerator.optimizer_step_was_skipped
+            if loss_finite is not None and self._any_process(~loss_finite) and not skipped:
+                raise UserError(
+                    f"step {self.state.global_step + 1}: the loss was not finite but DeepSpeed applied the update "
+                    "(its gradient was finite); lower learning_rate, check the data, or train in float32"
+                )
+            return skipped
+        optimizer = getattr(self.optimizer, "_is_overflow", None) is not None and self.optimizer
+        if optimizer:
+            optimizer._is_overflow = False  # set by the previous skipped step, read by the LR scheduler step
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor; c10d collectives take plain tensors only
+            grad_norm = grad_norm.full_tensor()
+        ok = torch.isfinite(torch.as_tensor(grad_norm, dtype=torch.float32, device=self.args.device)).all()
+        if loss_finite is not None:
+            ok = ok & loss_finite.to(ok.device)
+        if not self._any_process(~ok):
+            return False
+        for parameter in model.parameters():
+            parameter.grad = None  # AdamW skips parameters without a gradient entirely
+        if optimizer:
+            optimizer._is_overflow = True  # `accelerator.optimizer_step_was_skipped`: no LR scheduler step
+        return True
+
+    def _any_process(self, flag: Tensor) -> bool:
+        """Whether `flag` (a boolean tensor) is true on any process."""
+        bad = flag.float().to(self.args.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        return bad.item() > 0
 
     # ------------------------------------------------------- checkpoint / resume
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:

@@ -22,6 +22,7 @@ from psft.checkpoint import check_run_meaning, last_complete_checkpoint, resolve
 from psft.cli_help import show_help
 from psft.config import PSFTConfig
 from psft.data import BUILTIN_PREFIX, LOCAL_BUILDERS, check_chat_template, load_sft_dataset, validate_records
+from psft.engines import check_engine
 from psft.errors import Interrupted, UserError, first_line
 from psft.tiny import BUILTIN_MODEL_NAME, resolve_model_name
 
@@ -178,6 +179,7 @@ def main(argv: list[str]) -> int:
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
+    check_engine(trainer)  # says which engine runs, loudly if FSDP/DeepSpeed was asked for and DDP runs
     start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=resume)
@@ -186,6 +188,7 @@ def main(argv: list[str]) -> int:
         raise Interrupted(interrupted_note(training_args.output_dir)) from None
     trainer.save_state()  # trainer_state.json: every logged metric, step by step
     trainer.accelerator.print(summary_line(trainer, result.global_step, time.perf_counter() - start))
+    trainer.accelerator.wait_for_everyone()  # no process leaves the group while another still talks in it
     trainer.end()
     return 0
 

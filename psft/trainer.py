@@ -14,6 +14,7 @@ micro-batches and processes (verl's per-micro-batch mean is not).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import gather_object, is_peft_model
 from rich.progress import track
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -31,12 +32,13 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 from trl import SFTTrainer
+from trl.models.utils import prepare_deepspeed, prepare_fsdp
 
 from psft.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.errors import UserError
-from psft.logprobs import label_log_probs, uses_own_forward
+from psft.logprobs import label_log_probs, policy_forward
 from psft.losses import get_loss, token_mean
-from psft.reference import ReferenceTable, labels_for_every_token
+from psft.reference import ReferenceTable
 from psft.reliability import ReliabilityMixin
 from psft.tiny import resolve_model_name
 
@@ -218,33 +220,41 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         return OLD_LOG_PROBS in self.loss_spec.tensors
 
     def _old_log_probs(self, micro_batch: dict[str, Any]) -> Tensor:
-        """The current model's per-token log-probs on one micro-batch: the old policy's, at rollout start.
-
-        `self.model`, not the DDP wrapper: a no-grad forward needs no gradient hooks or buffer broadcast
-        (FSDP2 and ZeRO-3 gather parameters on the module itself, which `self.model` is for them)."""
+        """The current model's per-token log-probs on one micro-batch: the old policy's, at rollout start."""
         return self._log_probs(self.model, micro_batch)
 
-    @torch.no_grad()
-    def _log_probs(
-        self, model: torch.nn.Module, micro_batch: dict[str, Any], labels: Tensor | None = None
-    ) -> Tensor:
-        """Per-token log-probs of `model` on one micro-batch, in eval mode, without full logits.
+    def _log_probs(self, model: torch.nn.Module, micro_batch: dict[str, Any]) -> Tensor:
+        """Per-token log-probs of `model` on one micro-batch: exactly the training forward's (`psft.logprobs`), without
+        gradient, in eval mode.
 
-        Log-probs of the loss tokens only (`psft.logprobs`), unless the model is sharded (FSDP, DeepSpeed) or
-        edits its inputs (PEFT prompt learning): those need the model's own forward, i.e. TRL's fused head."""
-        was_training = model.training
-        model.eval()
-        try:
-            inputs = self._prepare_inputs(micro_batch)
-            inputs = {k: v for k, v in inputs.items() if k not in (OLD_LOG_PROBS, REF_LOG_PROBS)}
-            if labels is not None:
-                inputs["labels"] = labels
-            with self.compute_loss_context_manager():
-                if self.is_fsdp_enabled or self.is_deepspeed_enabled or uses_own_forward(model):
-                    return model(**inputs, use_cache=False, fused_lm_head=True).log_probs.float()
-                return label_log_probs(model, inputs)
-        finally:
-            model.train(was_training)
+        `self.model`, not the DDP wrapper: accelerate puts its autocast on the module's own forward (which DDP only
+        calls), and a no-grad forward needs no gradient hooks or buffer broadcast; FSDP2 and ZeRO-3 gather
+        parameters on the module itself, which `self.model` is for them."""
+        inputs = self._prepare_inputs(micro_batch)
+        inputs = {k: v for k, v in inputs.items() if k not in (OLD_LOG_PROBS, REF_LOG_PROBS)}
+        with self.compute_loss_context_manager(), self._engine_forward_context():
+            return label_log_probs(model, inputs)
+
+    def _engine_forward_context(self) -> Any:
+        """What DeepSpeed's engine wraps its module's forward in during training (`DeepSpeedEngine.forward`, 0.19:
+        `autocast_if_enabled`, its `torch_autocast` setting); nothing for the other engines, whose wrappers sit
+        on the module's own forward."""
+        if self.is_deepspeed_enabled and self.model_wrapped is not self.model:
+            from deepspeed.runtime.torch_autocast import autocast_if_enabled
+
+            return autocast_if_enabled(self.model_wrapped)
+        return contextlib.nullcontext()
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The Trainer's, except that attached old/reference log-probs stay float32. Under DeepSpeed,
+        `Trainer._prepare_input` (transformers 5.23-5.24) casts every floating input to the engine's dtype, which in
+        bf16 would round them (ratio off by up to ~1.5% on an unchanged model)."""
+        attached = {k: inputs[k] for k in (OLD_LOG_PROBS, REF_LOG_PROBS) if k in inputs}
+        if not attached:
+            return super()._prepare_inputs(inputs)
+        prepared = super()._prepare_inputs({k: v for k, v in inputs.items() if k not in attached})
+        prepared.update({k: v.to(self.args.device) for k, v in attached.items()})
+        return prepared
 
     # ----------------------------------------------------------------- reference
     def _reference_mode(self) -> str:
@@ -264,20 +274,35 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         model.requires_grad_(False)
         return model.eval()
 
+    def _prepared_reference_copy(self) -> torch.nn.Module:
+        """The frozen copy, wrapped like the trained model (autocast, FSDP2 sharding, DeepSpeed) on first use, so
+        that its pass computes what the training forward would with the initial parameters."""
+        if not getattr(self._ref_model, "_psft_prepared", False):
+            if self.is_deepspeed_enabled:
+                self._ref_engine = prepare_deepspeed(self._ref_model, self.accelerator)  # keeps its hooks alive
+                self._ref_model = self._ref_engine.module
+            elif self.is_fsdp_enabled:
+                self._ref_model = prepare_fsdp(self._ref_model, self.accelerator)
+            else:
+                self._ref_model = self.accelerator.prepare_model(self._ref_model, evaluation_mode=True)
+            self._ref_model._psft_prepared = True
+        return self._ref_model
+
     def _reference_log_probs(self, micro_batch: dict[str, Any]) -> Tensor:
         """The reference (initial) model's per-token log-probs on one micro-batch."""
         if self.reference == "adapter":
             with self.accelerator.unwrap_model(self.model).disable_adapter():
                 return self._log_probs(self.model, micro_batch)
         if self.reference == "copy":
-            return self._log_probs(self._ref_model, micro_batch)
+            return self._log_probs(self._prepared_reference_copy(), micro_batch)
         if self._ref_table is None:
             self._ref_table = self._build_reference_table()
         return self._ref_table.lookup(micro_batch)
 
     def _build_reference_table(self) -> ReferenceTable:
-        """One pass of the initial model over the training data, before its first update. Saved in output_dir
-        so that a resumed run (whose model is no longer the initial one) can load it."""
+        """One pass of the initial model over the training data, before its first update: each process scores a
+        contiguous shard, then every process gets the merged table. Saved in output_dir so that a resumed run (whose
+        model is no longer the initial one) can load it."""
         path = Path(self.args.output_dir) / REFERENCE_FILE
         if self.state.global_step > 0:
             if not path.is_file():
@@ -287,6 +312,9 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         if not has_length(self.train_dataset):
             raise UserError("reference='precompute' needs a sized training dataset; use 'adapter' or 'copy'")
         dataset = self._remove_unused_columns(self.train_dataset, description="reference")
+        processes, index = self.accelerator.num_processes, self.accelerator.process_index
+        if processes > 1:
+            dataset = dataset.shard(num_shards=processes, index=index, contiguous=True)
         loader = DataLoader(
             dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator
         )
@@ -295,7 +323,12 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             loader, description="Reference log-probs", disable=not self.is_world_process_zero()
         ):
             batch = self._prepare_inputs(batch)
-            table.add(batch, self._log_probs(self.model, batch, labels=labels_for_every_token(batch)))
+            table.add(batch, self._log_probs(self.model, batch))
+        if processes > 1:
+            shards = gather_object([table.rows])  # every process's shard, on every process
+            table = ReferenceTable()
+            for rows in shards:
+                table.update(rows)
         if self.is_world_process_zero():
             path.parent.mkdir(parents=True, exist_ok=True)
             table.save(path)
@@ -331,7 +364,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
                 self.args.loss_type = loss_type
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
-        outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+        outputs = policy_forward(model, inputs)  # the same call as the old and reference passes
         log_probs = outputs.log_probs
         mask = outputs.label_mask.to(log_probs.dtype)
         spec = get_loss("sft") if self._in_warmup() else self.loss_spec

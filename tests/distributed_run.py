@@ -1,28 +1,110 @@
-"""Train a tiny model on 1 or more CPU processes and save its final parameters (launched by the tests).
+"""Train tiny models on 1 or more CPU processes and save what the tests compare (launched by the tests).
 
-torchrun --standalone --nproc_per_node 2 tests/distributed_run.py OUT.pt --per_device_train_batch_size 4 ...
+    torchrun --standalone --nproc_per_node 2 tests/distributed_run.py OUT.pt SPEC.json
+
+SPEC is `{"engine": "fsdp2", "runs": {"name": {training-argument overrides}, ...}}`: the runs are trained one after
+the other in the same processes (one start-up for all of them) with the engine of `engines.py` (ddp, fsdp2, zero2,
+zero3). OUT gets, per run, the final parameters gathered whole, the logging-step entries, the precomputed reference
+table if there is one, and the engine the Trainer really used, so a test can refuse a silent fallback to DDP.
 """
 
+import json
 import sys
 from pathlib import Path
 
 import torch
-import yaml
-from trainer_support import make_trainer, params, prompt_completion_data
+from engines import ENGINES
+from torch.distributed.tensor import DTensor
+from trainer_support import make_trainer, prompt_completion_data
+from transformers import TrainerCallback
+
+from psft import PSFTTrainer
+from psft.trainer import REFERENCE_FILE
 
 
-def main(out: str, flags: list[str]) -> None:
-    # `--key value` pairs, typed like YAML scalars (4 -> int, 0.01 -> float, psft -> str)
-    overrides = {
-        key.removeprefix("--"): yaml.safe_load(value)
-        for key, value in zip(flags[::2], flags[1::2], strict=True)
+def engine_in_use(trainer) -> str:
+    """What the trainer really runs: fsdp2 (with DTensor parameters), zero2/zero3, ddp or single."""
+    if trainer.is_fsdp_enabled:
+        sharded = all(isinstance(p, DTensor) for p in trainer.model.parameters())
+        return f"fsdp{trainer.accelerator.state.fsdp_plugin.fsdp_version}" + ("" if sharded else "-unsharded")
+    if trainer.is_deepspeed_enabled:
+        return f"zero{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+    return "ddp" if trainer.accelerator.num_processes > 1 else "single"
+
+
+def full_params(trainer) -> dict:
+    """Every parameter in float32, gathered whole on every process (FSDP2 DTensors, ZeRO-3 partitions)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            return {k: v.detach().float().clone() for k, v in model.named_parameters()}
+    return {
+        k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().float().clone()
+        for k, v in model.named_parameters()
     }
-    torch.set_num_threads(1)
-    trainer = make_trainer(Path(out).parent / "run", data=prompt_completion_data(64), **overrides)
+
+
+class NaNAt(PSFTTrainer):
+    """Multiplies the loss by NaN at the optimizer steps listed (0-based global steps)."""
+
+    nan_steps: tuple = ()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.model.training and self.state.global_step in self.nan_steps:
+            loss = loss * float("nan")
+        return loss
+
+
+class StepSnapshots(TrainerCallback):
+    """Whole parameters at the start of every optimizer step."""
+
+    def __init__(self):
+        self.trainer, self.by_step = None, {}
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.by_step[state.global_step] = full_params(self.trainer)
+
+
+def train(out_dir: Path, engine: str, overrides: dict) -> dict:
+    NaNAt.nan_steps = tuple(overrides.pop("nan_steps", ()))
+    snapshots = StepSnapshots()
+    trainer = make_trainer(
+        out_dir,
+        data=prompt_completion_data(64),
+        trainer_cls=NaNAt,
+        callbacks=[snapshots] if NaNAt.nan_steps else None,
+        **ENGINES[engine],
+        **overrides,
+    )
+    snapshots.trainer = trainer
     trainer.train()
-    if trainer.accelerator.is_main_process:
-        logs = [log for log in trainer.state.log_history if "nll" in log]
-        torch.save({"params": params(trainer), "logs": logs, "world": trainer.accelerator.num_processes}, out)
+    table = out_dir / "out" / REFERENCE_FILE
+    return {
+        "snapshots": snapshots.by_step,
+        "nonfinite_skipped": trainer.nonfinite_skipped,
+        "lr_scheduler_steps": trainer.lr_scheduler.scheduler.last_epoch
+        if hasattr(trainer.lr_scheduler, "scheduler")
+        else trainer.lr_scheduler.last_epoch,
+        "params": full_params(trainer),
+        "logs": [log for log in trainer.state.log_history if "nll" in log],
+        "world": trainer.accelerator.num_processes,
+        "engine": engine_in_use(trainer),
+        "reference": torch.load(table) if table.is_file() else None,
+    }
+
+
+def main(out: str, spec: str) -> None:
+    spec = json.loads(spec)
+    torch.set_num_threads(1)
+    records = {
+        name: train(Path(out).parent / f"{Path(out).stem}-{name}", spec["engine"], overrides)
+        for name, overrides in spec["runs"].items()
+    }
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        torch.save(records, out)
     # leave the process group cleanly: a gloo thread still running at exit can abort the process
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -30,4 +112,4 @@ def main(out: str, flags: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    main(sys.argv[1], sys.argv[2])

@@ -1,7 +1,9 @@
 """A tiny PSFT run for the resume tests, run as a subprocess: `python resume_run.py OUT [--kill-saving STEP] [--resume]`.
 
 With `--kill-saving STEP` the process SIGKILLs itself in the middle of writing checkpoint STEP (model written,
-optimizer not yet). The final model is saved to OUT/final.
+optimizer not yet). The final model is saved to OUT/final. With `--engine` (fsdp2, zero3, ...; launched by torchrun on
+several processes) rank 0 kills itself, the launcher stops the others, and the final parameters, gathered whole,
+go to OUT/final.pt instead.
 """
 
 import argparse
@@ -12,6 +14,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from distributed_run import full_params  # noqa: E402
+from engines import ENGINES  # noqa: E402
 from trainer_support import TOKENIZER, common_args, prompt_completion_data  # noqa: E402
 
 from psft import PSFTConfig, PSFTTrainer  # noqa: E402
@@ -22,7 +26,7 @@ class KilledWhileSaving(PSFTTrainer):
     kill_at = -1
 
     def _save_optimizer_and_scheduler(self, output_dir):
-        if self.state.global_step == self.kill_at:
+        if self.state.global_step == self.kill_at and self.accelerator.is_main_process:
             os.kill(os.getpid(), signal.SIGKILL)
         super()._save_optimizer_and_scheduler(output_dir)
 
@@ -32,10 +36,16 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--kill-saving", type=int, default=-1)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--engine", choices=sorted(ENGINES))
     cli = parser.parse_args()
     torch.set_num_threads(1)
-    # 40 records / batch 4 = 10 steps an epoch; K = 4: rollouts [0,4) [4,8) [8,10) [10,14) [14,16)
-    run = dict(max_steps=16, num_train_epochs=2, mini_batches_per_rollout=4, learning_rate=2e-2)
+    if cli.engine is None:
+        # 40 records / batch 4 = 10 steps an epoch; K = 4: rollouts [0,4) [4,8) [8,10) [10,14) [14,16)
+        run = dict(max_steps=16, num_train_epochs=2, mini_batches_per_rollout=4, learning_rate=2e-2)
+    else:
+        # 2 processes x batch 2: 10 steps an epoch; K = 4: rollouts [0,4) [4,8); checkpoint 3 is inside the first
+        run = dict(max_steps=8, mini_batches_per_rollout=4, learning_rate=2e-2, per_device_train_batch_size=2)
+        run.update(ENGINES[cli.engine])
     args = PSFTConfig(
         **common_args(output_dir=cli.out, save_strategy="steps", save_steps=3, logging_steps=4, **run)
     )
@@ -47,7 +57,14 @@ def main() -> None:
         processing_class=TOKENIZER,
     )
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
-    trainer.save_model(os.path.join(cli.out, "final"))
+    if cli.engine is None:
+        trainer.save_model(os.path.join(cli.out, "final"))
+        return
+    params = full_params(trainer)
+    if trainer.accelerator.is_main_process:
+        torch.save(params, os.path.join(cli.out, "final.pt"))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

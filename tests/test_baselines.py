@@ -192,14 +192,23 @@ def test_bad_baseline_configuration_fails_clearly(tmp_path):
 
 
 def test_reference_table_is_looked_up_by_content_and_rejects_unknown_rows():
+    def batch(ids, labels):
+        ids = torch.tensor(ids)
+        return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": torch.tensor(labels)}
+
     table = ReferenceTable()
-    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
-    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
-    table.add(batch, torch.tensor([[-1.0, -2.0, 9.0], [-3.0, 9.0, 9.0]]))
+    # loss tokens only: row 0 scores its last two targets, row 1 its only real target
+    table.add(
+        batch([[5, 6, 7, 0], [8, 9, 0, 0]], [[-100, -100, 6, 7], [-100, 9, -100, -100]]),
+        torch.tensor([[9.0, -1.0, -2.0], [-3.0, 9.0, 9.0]]),
+    )
+    assert sorted(len(v) for v in table.rows.values()) == [1, 2]  # nothing stored off the loss tokens
     # the same rows, in another order and with other padding, find their values
-    swapped = torch.tensor([[8, 9, 0, 0, 0], [5, 6, 7, 0, 0]])
-    out = table.lookup({"input_ids": swapped, "attention_mask": (swapped != 0).long()})
-    torch.testing.assert_close(out, torch.tensor([[-3.0, 0, 0, 0], [-1.0, -2.0, 0, 0]]))
-    other = torch.tensor([[5, 6, 8]])
-    with pytest.raises(UserError, match="training data changed"):
-        table.lookup({"input_ids": other, "attention_mask": torch.ones_like(other)})
+    out = table.lookup(
+        batch([[8, 9, 0, 0, 0], [5, 6, 7, 0, 0]], [[-100, 9, -100, -100, -100], [-100, -100, 6, 7, -100]])
+    )
+    torch.testing.assert_close(out, torch.tensor([[-3.0, 0, 0, 0], [0, -1.0, -2.0, 0]]))
+    with pytest.raises(UserError, match="training data changed"):  # other tokens
+        table.lookup(batch([[5, 6, 8]], [[-100, -100, 8]]))
+    with pytest.raises(UserError, match="training data changed"):  # the same tokens with another loss mask
+        table.lookup(batch([[5, 6, 7]], [[-100, 6, 7]]))

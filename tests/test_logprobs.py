@@ -1,10 +1,10 @@
-"""The old/reference pass (`psft.logprobs.label_log_probs`) against the model's own full logits."""
+"""The old/reference pass (`psft.logprobs.label_log_probs`: the training forward with TRL's fused head, no gradient)
+against the model's own full logits, for each LM-head convention."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from trainer_support import make_trainer
 from transformers import (
     CohereConfig,
     CohereForCausalLM,
@@ -15,15 +15,9 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
 )
+from trl.trainer.utils import add_fused_lm_head
 
-from psft.logprobs import (
-    CPU_LOGPROB_CHUNK_SIZE,
-    LOGPROB_CHUNK_SIZE,
-    chunk_size,
-    head_scaling,
-    label_log_probs,
-    uses_own_forward,
-)
+from psft.logprobs import label_log_probs
 
 SHAPE = dict(
     hidden_size=32,
@@ -61,6 +55,7 @@ def make(model_cls, config_cls, vocab=97, seed=0, **extra):
     model = model_cls(config_cls(vocab_size=vocab, **SHAPE, **extra)).eval()
     with torch.no_grad():  # sharpen the head so that a wrong scale or softcap shows in the log-probs
         model.get_output_embeddings().weight.mul_(20)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
     return model
 
 
@@ -87,13 +82,6 @@ def test_equals_full_logits(name):
     assert (got[labels[:, 1:] == -100] == 0).all()
 
 
-def test_head_scaling_reads_each_convention():
-    assert head_scaling(LlamaConfig()) == (None, 1.0)
-    assert head_scaling(Gemma2Config(final_logit_softcapping=30.0)) == (30.0, 1.0)
-    assert head_scaling(CohereConfig(logit_scale=0.0625)) == (None, 0.0625)
-    assert head_scaling(GraniteConfig(logits_scaling=8.0)) == (None, 1 / 8.0)
-
-
 def test_shift_labels_are_scored_without_shifting():
     model = make(LlamaForCausalLM, LlamaConfig)
     inputs, labels = batch(97)
@@ -104,14 +92,9 @@ def test_shift_labels_are_scored_without_shifting():
     assert (got[:, -1] == 0).all()
 
 
-def test_chunk_size_by_device():
-    assert chunk_size(torch.device("cuda")) == LOGPROB_CHUNK_SIZE  # TRL's Triton tile
-    assert chunk_size(torch.device("cpu")) == CPU_LOGPROB_CHUNK_SIZE < LOGPROB_CHUNK_SIZE
-
-
 def test_vocabulary_wider_than_one_tile():
-    # 33 CPU tiles (2 GPU tiles), the last one partial: the online log-sum-exp across tiles must be exact
-    vocab = LOGPROB_CHUNK_SIZE + 301
+    # 2 of TRL's 32768-column tiles, the last one partial: the online log-sum-exp across tiles must be exact
+    vocab = 32768 + 301
     model = make(LlamaForCausalLM, LlamaConfig, vocab=vocab)
     inputs, labels = batch(vocab)
     labels[0, -1] = vocab - 1  # a target in the second tile
@@ -138,29 +121,3 @@ def test_lora_model_and_its_disabled_adapter():
     with model.disable_adapter():
         got = label_log_probs(model, {**inputs, "labels": labels})
     torch.testing.assert_close(got, base_expected, atol=2e-5, rtol=1e-5)
-
-
-def test_prompt_learning_needs_the_model_forward():
-    peft = pytest.importorskip("peft")
-    base = make(LlamaForCausalLM, LlamaConfig)
-    assert not uses_own_forward(base)
-    lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj"]))
-    assert not uses_own_forward(lora)
-    prompt = peft.get_peft_model(
-        make(LlamaForCausalLM, LlamaConfig),
-        peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
-    )
-    assert uses_own_forward(prompt)
-
-
-def test_trainer_pass_equals_the_fused_head_it_falls_back_to(tmp_path):
-    """`PSFTTrainer._log_probs` scores the loss tokens itself; under FSDP or DeepSpeed it runs the model's own
-    forward (TRL's fused head) instead. Both give the same old log-probs."""
-    trainer = make_trainer(tmp_path, per_device_train_batch_size=8)
-    micro_batch = next(iter(trainer.get_train_dataloader()))
-    assert micro_batch["labels"].eq(-100).any() and micro_batch["labels"].ne(-100).any()
-    own = trainer._log_probs(trainer.model, micro_batch)
-    trainer.is_fsdp_enabled = True  # only selects the path: the model itself is not sharded on CPU
-    fused = trainer._log_probs(trainer.model, micro_batch)
-    assert own.abs().sum() > 0
-    torch.testing.assert_close(own, fused, atol=1e-5, rtol=1e-5)
