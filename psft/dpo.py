@@ -29,7 +29,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from psft.args import parse_config_and_flags
 from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_builtin
 from psft.errors import UserError
-from psft.logprobs import label_log_probs
+from psft.logprobs import ensure_fused_head, label_log_probs
 from psft.records import record_problem
 from psft.stage import StageEval, format_report, parse_checkpoints, run_chain
 from psft.tiny import resolve_model_name
@@ -292,6 +292,7 @@ def pair_log_probs(
     collate = DataCollatorForPreference(
         pad_token_id=pad_id, max_length=max_length, truncation_mode=truncation_mode
     )
+    ensure_fused_head(model)  # a model fresh from from_pretrained has no fused head yet
     was_training = model.training
     model.eval()
     chosen, rejected = [], []

@@ -168,11 +168,6 @@ def test_sft_kl_with_the_precomputed_reference(smollm2_dir, tmp_path):
     assert second["kl_ref"] > 1e-4  # and has moved away from it after one step
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: the old-policy pass runs outside bf16 autocast (ratio/mean 0.9969 at lr 0); the integrator "
-    "drops this mark when merging issue 13's fix",
-)
 def test_bf16_autocast_at_learning_rate_zero_keeps_the_ratio_exactly_one(smollm2_dir, tmp_path):
     trainer = trainer_for(
         smollm2_dir, tmp_path, bf16=True, learning_rate=0.0, mini_batches_per_rollout=2, max_steps=2
