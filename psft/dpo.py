@@ -31,7 +31,7 @@ from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_buil
 from psft.errors import UserError
 from psft.logprobs import ensure_fused_head, label_log_probs
 from psft.records import record_problem
-from psft.stage import StageEval, format_report, parse_checkpoints, run_chain
+from psft.stage import StageEval, format_report, parse_checkpoints, parse_stage_command, run_chain
 from psft.tiny import resolve_model_name
 
 # fields of the DPO run written to the report, so that runs can be compared
@@ -489,21 +489,14 @@ def make_parser() -> TrlParser:
 
 def main(argv: list[str]) -> int:
     """One DPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    from psft.cli_help import show_help
-    from psft.threads import configure_threads
-
-    parser = make_parser()
-    if show_help(
-        argv, parser, "psft dpo --config dpo.yaml [--key value ...]   (every YAML field is also a flag)"
-    ):
+    parsed = parse_stage_command(
+        make_parser(),
+        argv,
+        "psft dpo --config dpo.yaml [--key value ...]   (every YAML field is also a flag)",
+    )
+    if parsed is None:  # help was printed
         return 0
-    dpo_args, config, model_args = parse_config_and_flags(parser, argv)
-    configure_threads()
-    config.model_init_kwargs = dict(
-        revision=model_args.model_revision,
-        attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
-    ) | (config.model_init_kwargs or {})
+    dpo_args, config, model_args = parsed
     if dpo_args.checkpoints:
         report = run_dpo_stage(
             parse_checkpoints(dpo_args.checkpoints), config, dpo_args.dataset_name,
@@ -517,10 +510,6 @@ def main(argv: list[str]) -> int:
         print(format_report(report))
         print(f"Wrote {dpo_args.report_path or Path(config.output_dir) / 'dpo_report.json'}")
         return 0
-    if not model_args.model_name_or_path:
-        raise UserError(
-            "no model: set model_name_or_path (a directory, psft/tiny-base or a hub name) or checkpoints"
-        )
     train = load_preference_dataset(
         dpo_args.dataset_name, dpo_args.dataset_train_split, dpo_args.dataset_config
     )

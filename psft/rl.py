@@ -26,7 +26,14 @@ from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.eval.records import load_records
 from psft.rewards import checker_reward, format_reward
-from psft.stage import StageEval, format_report, load_data_rows, parse_checkpoints, run_chain
+from psft.stage import (
+    StageEval,
+    format_report,
+    load_data_rows,
+    parse_checkpoints,
+    parse_stage_command,
+    run_chain,
+)
 from psft.tiny import resolve_model_name
 
 # fields of the RL budget written to the report, so that runs can be compared
@@ -218,19 +225,12 @@ def make_parser() -> TrlParser:
 
 def main(argv: list[str]) -> int:
     """One GRPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    from psft.cli_help import show_help
-    from psft.threads import configure_threads
-
-    parser = make_parser()
-    if show_help(argv, parser, "psft rl --config rl.yaml [--key value ...]   (every YAML field is also a flag)"):
+    parsed = parse_stage_command(
+        make_parser(), argv, "psft rl --config rl.yaml [--key value ...]   (every YAML field is also a flag)"
+    )
+    if parsed is None:  # help was printed
         return 0
-    rl_args, config, model_args = parse_config_and_flags(parser, argv)
-    configure_threads()
-    config.model_init_kwargs = dict(
-        revision=model_args.model_revision,
-        attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
-    ) | (config.model_init_kwargs or {})
+    rl_args, config, model_args = parsed
     if rl_args.checkpoints:
         report = run_rl_stage(
             parse_checkpoints(rl_args.checkpoints), config, rl_args.dataset_name,
@@ -242,10 +242,6 @@ def main(argv: list[str]) -> int:
         print(format_report(report))
         print(f"Wrote {rl_args.report_path or Path(config.output_dir) / 'rl_report.json'}")
         return 0
-    if not model_args.model_name_or_path:
-        raise UserError(
-            "no model: set model_name_or_path (a directory, psft/tiny-base or a hub name) or checkpoints"
-        )
     train = load_rl_dataset(rl_args.dataset_name, rl_args.dataset_train_split, config.default_checker)
     trainer = run_rl(model_args.model_name_or_path, train, config, peft_config=get_peft_config(model_args))
     trainer.accelerator.print(f"Saved the model to {config.output_dir}")
