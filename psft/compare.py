@@ -32,7 +32,7 @@ from rich.table import Table
 
 from psft.errors import UserError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # progress lines stay one line each, even in a log file
 
 # Shared training settings of the demo: the paper's regime at toy scale (a small fixed in-domain set seen
 # for several epochs), on a CPU.

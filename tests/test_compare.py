@@ -117,6 +117,7 @@ def test_verdicts_never_claim_more_than_the_intervals():
     dominates = paired_frontier_gap(_pair([0.10, 0.12, 0.11]), "m", "sft")
     assert dominates["verdict"].startswith("m dominates sft over in-domain 5-80%")
     assert all(lv["ci95"][0] > 0 for lv in dominates["levels"])
+    assert "Averaged over these levels: +11.0 points" in dominates["verdict"]
     noisy = paired_frontier_gap(_pair([0.10, -0.08, 0.02]), "m", "sft")
     assert "equal within noise" in noisy["verdict"] and "dominates" not in noisy["verdict"]
     below = paired_frontier_gap(_pair([-0.10, -0.12, -0.11]), "m", "sft")
