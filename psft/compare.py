@@ -634,7 +634,11 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
         rl_args, rl_config = rl
         out = Path(config.output_dir)
         report = run_rl_stage(
-            {run["id"]: str(out / run["id"]) for run in config.runs()},
+            # one seed: name each chain by its setting; several: by run (setting and seed)
+            {
+                run["name"] if len(config.seeds) == 1 else run["id"]: str(out / run["id"])
+                for run in config.runs()
+            },
             rl_config,
             rl_args.dataset_name,
             in_domain=config.in_domain,

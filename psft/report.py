@@ -73,6 +73,14 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
         f"(settings x seeds {config['seeds']}); model `{config['model']}`, training data `{config['train_data']}`, "
         f"shared training settings `{config['training']}`.",
     ]
+    runs = report["runs"]
+    if runs:
+        train = sum(r.get("train_s", 0) for r in runs) / len(runs)
+        evaluation = sum(r.get("eval_s", 0) for r in runs) / len(runs)
+        lines += [
+            "",
+            f"Wall time per run: {train:.0f} s training and {evaluation:.0f} s evaluation on average.",
+        ]
     if report["missing"]:
         lines += ["", f"Not finished (not in any number below): {', '.join(report['missing'])}."]
     lines += ["", "## Final metrics per setting", "", COLUMN_HELP, ""]
