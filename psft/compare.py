@@ -59,9 +59,9 @@ DEMO_METHODS = [
 FULL_METHODS = [
     {"name": "sft", "loss_type": "sft"},
     {"name": "psft-K8", "loss_type": "psft", "mini_batches_per_rollout": 8},
+    {"name": "eaft", "loss_type": "eaft"},
     {"name": "dft", "loss_type": "dft"},
     {"name": "asft", "loss_type": "asft"},
-    {"name": "eaft", "loss_type": "eaft"},
     {"name": "sft-kl", "loss_type": "sft_kl"},
 ]
 FULL_LEARNING_RATES = (1e-4, 3e-4, 1e-3)
