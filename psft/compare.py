@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from psft.errors import UserError
@@ -420,7 +421,7 @@ def _execute_all(config: CompareConfig, todo: list, total: int, jobs: int, threa
     labels = {run["id"]: f"run {index}/{total} {run['id']}" for index, run in todo}
     if jobs == 1:
         for _, run in todo:
-            console.print(f"[bold]{labels[run['id']]}[/bold]: {run['overrides']}")
+            console.print(f"[bold]{labels[run['id']]}[/bold]: {escape(str(run['overrides']))}")
             yield _execute(config, run, labels[run["id"]], threads)
         return
     # spawn, not fork: the parent may hold torch/OpenMP thread pools that a forked child must not inherit
@@ -449,7 +450,7 @@ def load_report(out_dir: str | Path) -> dict[str, Any]:
         try:
             result = _finished(out, config, run)
         except UserError as err:
-            console.print(f"[yellow]skipped[/yellow] {err}")
+            console.print(f"[yellow]skipped[/yellow] {escape(str(err))}")
             continue
         if result is not None:
             results.append(result)
@@ -501,14 +502,14 @@ def print_table(report: dict[str, Any]) -> None:
         table.add_column(title, justify="right")
     for group in report["summary"]["groups"]:
         cells = [format_estimate(group["metrics"][key], scale) for key, _, scale in COLUMNS]
-        table.add_row(group["name"], str(len(group["seeds"])), *cells)
+        table.add_row(escape(group["name"]), str(len(group["seeds"])), *cells)  # "sft[lr=...]" is not markup
     console_out = Console(width=max(140, Console().width))
     console_out.print(table)
     from psft.report import COLUMN_HELP
 
     console_out.print(COLUMN_HELP)
     for gap in report["summary"]["frontier_gaps"]:
-        console_out.print(f"frontier: {gap['verdict']}")
+        console_out.print(f"frontier: {escape(gap['verdict'])}")
 
 
 def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
