@@ -11,7 +11,7 @@ import yaml
 import psft.compare as compare_module
 from psft.analysis import estimate, frontier_at, paired_frontier_gap, seed_frontier, summarize, t_quantile
 from psft.cli import main
-from psft.compare import CompareConfig, compare, load_report
+from psft.compare import CompareConfig, compare, load_report, print_table
 from psft.errors import UserError
 
 
@@ -137,7 +137,7 @@ def test_verdicts_never_claim_more_than_the_intervals():
     )
 
 
-def test_summary_matches_nll_and_pairs_equal_settings():
+def test_summary_matches_nll_and_pairs_equal_settings(capsys):
     runs = []
     for seed in range(3):
         for name, nll in (("sft[lr=1]", 0.2), ("sft[lr=2]", 0.6)):
@@ -160,9 +160,10 @@ def test_summary_matches_nll_and_pairs_equal_settings():
     assert matched["reference_setting"] == "sft[lr=2]"  # NLL 0.61 is closer to 0.55 than 0.21
     assert matched["gap"]["out_of_domain"]["mean"] == pytest.approx(0.21)
     (equal,) = summary["equal_settings"]
-    assert equal["reference_setting"] == "sft[lr=1]" and equal["gap"]["in_domain"]["mean"] == pytest.approx(
-        0.0
-    )
+    assert equal["reference_setting"] == "sft[lr=1]"
+    assert equal["gap"]["in_domain"]["mean"] == pytest.approx(0.0)
+    print_table({"finished": 9, "planned": 9, "summary": summary})
+    assert "sft[lr=1]" in capsys.readouterr().out  # a setting's name is not taken for rich markup
 
 
 def _fake_runs(monkeypatch, fail_on=None):
