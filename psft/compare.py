@@ -383,8 +383,8 @@ def compare(config: CompareConfig, jobs: int = 1) -> dict[str, Any]:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = config.runs()
-    _write_json(out / "config.json", asdict(config))
-    done = {run["id"] for run in plan if _finished(out, config, run) is not None}
+    done = {run["id"] for run in plan if _finished(out, config, run) is not None}  # refuses changed settings
+    _write_json(out / "config.json", asdict(config))  # only then: `--report` reads the plan from it
     todo = [(index, run) for index, run in enumerate(plan, start=1) if run["id"] not in done]
     settings = len({r["name"] for r in plan})
     console.print(

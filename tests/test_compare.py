@@ -215,6 +215,7 @@ def test_each_run_is_saved_when_it_ends_and_a_rerun_skips_finished_ones(tmp_path
     config.training = {**config.training, "num_train_epochs": 3}  # a finished run no longer means the same
     with pytest.raises(UserError, match="other settings \\(training\\)"):
         compare(config)
+    assert json.loads((tmp_path / "config.json").read_text())["training"]["num_train_epochs"] == 12  # kept
     with pytest.raises(UserError, match="no config.json"):
         load_report(tmp_path / "sft-seed0")
 
