@@ -72,23 +72,54 @@ FULL_LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 class CompareConfig:
     """What `psft compare` runs. Every field can be set in the YAML file (`examples/compare.yaml`)."""
 
-    model: str = "psft/tiny-base"  # base model: hub name, local directory or psft/tiny-base
-    train_data: str = "psft/arith"  # training set: hub name, local file or built-in task
-    in_domain: list[str] = field(default_factory=lambda: ["psft/arith"])  # evaluation sets (test split)
+    model: str = field(
+        default="psft/tiny-base", metadata={"help": "base model: hub name, local directory or psft/tiny-base"}
+    )
+    train_data: str = field(
+        default="psft/arith",
+        metadata={"help": "training set: hub name, local file or built-in task (psft/<task>)"},
+    )
+    in_domain: list[str] = field(
+        default_factory=lambda: ["psft/arith"],
+        metadata={"help": "in-domain evaluation sets (their test split)"},
+    )
     out_of_domain: list[str] = field(
-        default_factory=list
-    )  # general tasks; default: the suite's general tasks
-    eval_size: int = 25  # prompts per in-domain evaluation set
-    ood_eval_size: int | None = None  # prompts per out-of-domain set (None: eval_size)
-    eval_every: int = 0  # optimizer steps between evaluations (0: 4 per run, plus one at the start)
-    max_new_tokens: int = 40
-    methods: list[dict[str, Any]] = field(default_factory=lambda: [dict(m) for m in DEMO_METHODS])
-    sweep: dict[str, list[Any]] = field(default_factory=dict)  # field -> values, applied to every method
-    seeds: list[int] = field(default_factory=lambda: [0])  # every method x sweep point runs once per seed
-    training: dict[str, Any] = field(default_factory=lambda: dict(DEMO_TRAINING))  # shared PSFTConfig fields
-    reference_method: str = "sft"  # the method others are compared with (frontier gaps, matched NLL)
-    output_dir: str = "runs/compare"
-    save_models: bool = False  # save each run's final model in its run directory (`--rl` sets it)
+        default_factory=list,
+        metadata={"help": "out-of-domain evaluation sets; empty: the suite's general tasks"},
+    )
+    eval_size: int = field(default=25, metadata={"help": "prompts per in-domain evaluation set"})
+    ood_eval_size: int | None = field(
+        default=None, metadata={"help": "prompts per out-of-domain set (null: eval_size)"}
+    )
+    eval_every: int = field(
+        default=0, metadata={"help": "optimizer steps between evaluations (0: 4 per run, plus one at step 0)"}
+    )
+    max_new_tokens: int = field(
+        default=40, metadata={"help": "decoding budget per evaluation answer (greedy)"}
+    )
+    methods: list[dict[str, Any]] = field(
+        default_factory=lambda: [dict(m) for m in DEMO_METHODS],
+        metadata={"help": "list of {name, loss_type, ...PSFTConfig fields}; default: the demo's four"},
+    )
+    sweep: dict[str, list[Any]] = field(
+        default_factory=dict, metadata={"help": "field -> list of values, applied to every method"}
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0], metadata={"help": "every method x sweep point runs once per seed"}
+    )
+    training: dict[str, Any] = field(
+        default_factory=lambda: dict(DEMO_TRAINING),
+        metadata={"help": "PSFTConfig fields shared by every run; default: the demo's (192 steps of 32)"},
+    )
+    reference_method: str = field(
+        default="sft", metadata={"help": "the method others are compared with (frontier gaps, matched NLL)"}
+    )
+    output_dir: str = field(
+        default="runs/compare", metadata={"help": "where runs, report.json, report.md and plots go"}
+    )
+    save_models: bool = field(
+        default=False, metadata={"help": "keep each run's final model in its directory (--rl sets it)"}
+    )
 
     @classmethod
     def from_yaml(cls, path: str) -> CompareConfig:
@@ -517,7 +548,7 @@ def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
     epilog = None
     if not demo:
         epilog = "CompareConfig fields (YAML):\n" + "\n".join(
-            f"  {f.name:<17} {_field_help(f.name)}" for f in fields(CompareConfig)
+            f"  {f.name:<17} {f.metadata.get('help', '')}" for f in fields(CompareConfig)
         )
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -565,17 +596,6 @@ def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
         help="then the same RL run (psft rl fields) from every method, into OUTPUT_DIR/rl",
     )
     return parser
-
-
-def _field_help(name: str) -> str:
-    """The comment after a CompareConfig field in this file: the field's documentation, in one place."""
-    import inspect
-
-    for line in inspect.getsource(CompareConfig).splitlines():
-        stripped = line.strip()
-        if stripped.startswith(f"{name}:") and "#" in stripped:
-            return stripped.split("#", 1)[1].strip()
-    return ""
 
 
 def main(argv: list[str]) -> int:
