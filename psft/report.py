@@ -16,7 +16,7 @@ COLUMNS = (
     ("clip_high", "clip high %", 100),
 )
 COLUMN_HELP = (
-    "Each cell: mean over seeds [95% Student-t interval] (one seed: the value alone). in-domain %: greedy accuracy "
+    "Each cell: mean over seeds [95% Student-t interval, cut at 0% and 100% for shares] (one seed: the value alone). in-domain %: greedy accuracy "
     "on the in-domain test prompts at the last evaluation; best in-domain %: the highest over the run's "
     "evaluations; out-of-domain %: mean accuracy over the out-of-domain tasks at the last evaluation; train NLL: "
     "negative log-likelihood per demonstration token (nats) on the last logged training steps; drift KL: "
@@ -49,6 +49,8 @@ def format_estimate(est: dict[str, Any], scale: float = 1, digits: int | None = 
     text = f"{scale * est['mean']:.{digits}f}"
     if est.get("ci95"):
         low, high = (scale * v for v in est["ci95"])
+        if scale == 100:  # a share: the t-interval can pass 0% or 100%, the quantity cannot
+            low, high = max(low, 0.0), min(high, 100.0)
         text += f" [{low:.{digits}f}, {high:.{digits}f}]"
     return text
 

@@ -13,6 +13,7 @@ from psft.analysis import estimate, frontier_at, paired_frontier_gap, seed_front
 from psft.cli import main
 from psft.compare import CompareConfig, compare, load_report, print_table
 from psft.errors import UserError
+from psft.report import format_estimate
 
 
 def test_config_from_yaml_rejects_unknown_fields_and_the_old_seed_field(tmp_path):
@@ -73,6 +74,10 @@ def test_estimate_gives_student_t_intervals_and_none_for_one_value():
         1.96, abs=1e-3
     )
     assert estimate([None, 1.0])["n"] == 1
+    assert (
+        format_estimate({"mean": 0.6, "ci95": [-0.1, 1.2]}, 100) == "60.0 [0.0, 100.0]"
+    )  # shares stay in range
+    assert format_estimate({"mean": 0.6, "ci95": [-0.1, 1.2]}) == "0.600 [-0.100, 1.200]"
 
 
 def _run(method, seed, points, name=None, nll=0.5):
