@@ -1,14 +1,18 @@
-"""`psft compare` and `psft demo`: several methods on one config, same data, steps and schedule.
+"""`psft compare` and `psft demo`: several methods on one config, same data, steps and schedule, with seeds.
 
 Each method is a set of `PSFTConfig` overrides (its `loss_type`, learning rate, K, warm-up, ...) on top of
-shared training settings; a sweep multiplies methods by values of a field. Every run starts from the same
-base model with the same data order, is evaluated along the way (generation accuracy in-domain and
-out-of-domain, drift from the base) by `psft.eval.EvalCallback`, and the results go to `report.json`, a
-terminal table and PNG plots: entropy and clip ratio over training, the in-domain vs out-of-domain
-trade-off of every checkpoint of every run (the Pareto view), and drift.
+shared training settings; a sweep multiplies methods by values of a field, and `seeds` repeats every setting
+(the seed sets the data order). Every run starts from the same base model, is evaluated along the way
+(generation accuracy in-domain and out-of-domain, drift from the base) by `psft.eval.EvalCallback`, and writes
+`<output_dir>/<run>/result.json` the moment it ends. The report (`report.json`, `report.md`, a terminal table,
+PNG plots) is rebuilt from the runs on disk (`psft.analysis`: means and 95% intervals over seeds, each
+method's in-domain vs out-of-domain frontier, paired gaps and a verdict); a re-run skips finished runs.
 
-    psft compare --config compare.yaml [--output_dir DIR] [--quick] [--rl RL_YAML] [--dpo DPO_YAML]   # see psft.rl, psft.dpo
-    psft demo [--quick] [--output_dir DIR] [--model PATH]  # the tiny model and its suite, or a real instruct model
+    psft compare --config compare.yaml [--output_dir DIR] [--seeds 0 1 2] [--jobs N] [--quick] [--rl RL_YAML]
+                 [--dpo DPO_YAML]               # then the same RL or DPO run from each method (psft.rl, psft.dpo)
+    psft compare --report DIR                  # re-render the report of DIR from its finished runs
+    psft demo [--quick | --full] [--output_dir DIR] [--jobs N] [--model PATH]   # the built-in tiny model and
+                                               # its suite, or a real instruct model (psft convert)
 """
 
 from __future__ import annotations
@@ -17,18 +21,22 @@ import argparse
 import copy
 import itertools
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from psft.errors import UserError
+from psft.threads import choose_threads, configure_threads
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # progress lines stay one line each, even in a log file
 
 # Shared training settings of the demo: the paper's regime at toy scale (a small fixed in-domain set seen
 # for several epochs), on a CPU.
@@ -50,6 +58,17 @@ DEMO_METHODS = [
     {"name": "sft-lr/3", "loss_type": "sft", "learning_rate": DEMO_LR / 3},
     {"name": "sft-warmup", "loss_type": "sft", "learning_rate": DEMO_LR, "warmup_steps": 64},
 ]
+# `psft demo --full`: the paper's method and every baseline, each over the same learning rates (the reviewers'
+# "is it just a smaller learning rate?" needs each method's best trade-off, not one shared LR), three seeds.
+FULL_METHODS = [
+    {"name": "sft", "loss_type": "sft"},
+    {"name": "psft-K8", "loss_type": "psft", "mini_batches_per_rollout": 8},
+    {"name": "eaft", "loss_type": "eaft"},
+    {"name": "dft", "loss_type": "dft"},
+    {"name": "asft", "loss_type": "asft"},
+    {"name": "sft-kl", "loss_type": "sft_kl"},
+]
+FULL_LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 
 # Defaults for any other base model, taken to be a real instruct model (e.g. SmolLM2-135M-Instruct made by
 # `psft convert`): in-domain word problems with boxed answers; out-of-domain everyday knowledge, format
@@ -80,25 +99,64 @@ INSTRUCT_DEFAULTS: dict[str, Any] = {
 
 @dataclass
 class CompareConfig:
-    """What `psft compare` runs. Every field can be set in the YAML file."""
+    """What `psft compare` runs. Every field can be set in the YAML file (`examples/compare.yaml`)."""
 
-    model: str = "psft/tiny-base"  # base model: hub name, local directory or psft/tiny-base
-    train_data: str = "psft/arith"  # training set: hub name, local file or built-in task
-    in_domain: list[str] = field(default_factory=lambda: ["psft/arith"])  # evaluation sets (test split)
+    model: str = field(
+        default="psft/tiny-base", metadata={"help": "base model: hub name, local directory or psft/tiny-base"}
+    )
+    train_data: str = field(
+        default="psft/arith",
+        metadata={"help": "training set: hub name, local file or built-in task (psft/<task>)"},
+    )
+    in_domain: list[str] = field(
+        default_factory=lambda: ["psft/arith"],
+        metadata={"help": "in-domain evaluation sets (their test split)"},
+    )
     out_of_domain: list[str] = field(
-        default_factory=list
-    )  # general tasks; default: the suite's general tasks
-    eval_size: int = 25  # prompts per evaluation set
-    eval_every: int = 0  # optimizer steps between evaluations (0: 4 per run, plus one at the start)
-    max_new_tokens: int = 40
-    methods: list[dict[str, Any]] = field(default_factory=lambda: [dict(m) for m in DEMO_METHODS])
-    sweep: dict[str, list[Any]] = field(default_factory=dict)  # field -> values, applied to every method
-    training: dict[str, Any] = field(default_factory=lambda: dict(DEMO_TRAINING))  # shared PSFTConfig fields
-    output_dir: str = "runs/compare"
-    seed: int = 0
-    save_models: bool = False  # save each method's final model in its run directory (`--rl` sets it)
-    dtype: str = "float32"  # weights' dtype for training and evaluation (`psft train`'s default too)
-    checker: str | None = None  # for evaluation records without a `checker` field; None: math or exact by data
+        default_factory=list,
+        metadata={"help": "out-of-domain evaluation sets; empty: the suite's general tasks"},
+    )
+    eval_size: int = field(default=25, metadata={"help": "prompts per in-domain evaluation set"})
+    ood_eval_size: int | None = field(
+        default=None, metadata={"help": "prompts per out-of-domain set (null: eval_size)"}
+    )
+    eval_every: int = field(
+        default=0, metadata={"help": "optimizer steps between evaluations (0: 4 per run, plus one at step 0)"}
+    )
+    max_new_tokens: int = field(
+        default=40, metadata={"help": "decoding budget per evaluation answer (greedy)"}
+    )
+    methods: list[dict[str, Any]] = field(
+        default_factory=lambda: [dict(m) for m in DEMO_METHODS],
+        metadata={"help": "list of {name, loss_type, ...PSFTConfig fields}; default: the demo's four"},
+    )
+    sweep: dict[str, list[Any]] = field(
+        default_factory=dict, metadata={"help": "field -> list of values, applied to every method"}
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0], metadata={"help": "every method x sweep point runs once per seed"}
+    )
+    training: dict[str, Any] = field(
+        default_factory=lambda: dict(DEMO_TRAINING),
+        metadata={"help": "PSFTConfig fields shared by every run; default: the demo's (192 steps of 32)"},
+    )
+    reference_method: str = field(
+        default="sft", metadata={"help": "the method others are compared with (frontier gaps, matched NLL)"}
+    )
+    output_dir: str = field(
+        default="runs/compare", metadata={"help": "where runs, report.json, report.md and plots go"}
+    )
+    save_models: bool = field(
+        default=False, metadata={"help": "keep each run's final model in its directory (--rl sets it)"}
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "weights' dtype for training and evaluation (psft train's default too)"},
+    )
+    checker: str | None = field(
+        default=None,
+        metadata={"help": "checker for evaluation records without one (null: math or exact by the data)"},
+    )
 
     @classmethod
     def from_yaml(cls, path: str) -> CompareConfig:
@@ -108,6 +166,8 @@ class CompareConfig:
             raise UserError(f"{path}: {err}") from None
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a YAML mapping")
+        if "seed" in raw:
+            raise UserError(f"{path}: `seed` is now `seeds`, a list (e.g. seeds: [0, 1, 2])")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -127,39 +187,54 @@ class CompareConfig:
         return cls(**fields_)
 
     def runs(self) -> list[dict[str, Any]]:
-        """The methods, each with a unique `name`, multiplied by the sweep."""
+        """Every run: methods (each with a unique `name`) x sweep points x seeds, seeds outermost so that a
+        partial sweep covers every setting once before repeating any. Each run is a dict with `id` (its
+        directory), `name` (method and sweep point: the setting seeds are grouped by), `method`, `point`
+        (the sweep values), `seed` and `overrides` (the PSFTConfig fields it sets)."""
+        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            raise UserError(f"seeds must be a non-empty list of integers, got {self.seeds!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"seeds must be distinct, got {self.seeds}")
+        if "seed" in self.sweep or "seed" in self.training:
+            raise UserError("set seeds with `seeds: [...]` (or --seeds), not in sweep or training")
         methods = []
         for i, method in enumerate(self.methods):
             if not isinstance(method, dict) or "loss_type" not in method:
                 raise UserError(f"methods[{i}]: each method is a mapping with at least a loss_type")
+            if "seed" in method:
+                raise UserError(f"methods[{i}]: set seeds with `seeds: [...]`, not per method")
             methods.append({"name": method.get("name", method["loss_type"]), **method})
-        if not self.sweep:
-            runs = methods
-        else:
-            keys = list(self.sweep)
-            runs = []
-            for method in methods:
-                for values in itertools.product(*(self.sweep[k] for k in keys)):
-                    suffix = ",".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
-                    runs.append(
-                        {
-                            **method,
-                            **dict(zip(keys, values, strict=True)),
-                            "name": f"{method['name']}[{suffix}]",
-                        }
-                    )
-        names = [r["name"] for r in runs]
+        keys = list(self.sweep)
+        settings = []
+        for method in methods:
+            for values in itertools.product(*(self.sweep[k] for k in keys)):
+                point = dict(zip(keys, values, strict=True))
+                suffix = ",".join(f"{k}={v}" for k, v in point.items())
+                name = f"{method['name']}[{suffix}]" if point else method["name"]
+                overrides = {k: v for k, v in {**method, **point}.items() if k != "name"}
+                settings.append(
+                    {"name": name, "method": method["name"], "point": point, "overrides": overrides}
+                )
+        names = [s["name"] for s in settings]
         if len(set(names)) != len(names):
             raise UserError(f"method names must be unique, got {names}")
-        return runs
+        return [
+            {"id": f"{_safe(s['name'])}-seed{seed}", **s, "seed": seed}
+            for seed in self.seeds
+            for s in settings
+        ]
 
 
 def quick(config: CompareConfig) -> CompareConfig:
-    """A small version of `config` for tests and a first look: fewer prompts, steps and methods."""
+    """A smoke run of `config` for tests and a first look: two methods, one seed, 12 steps, few prompts. Too
+    short to learn the in-domain task; it checks the pipeline end to end, it is not a result."""
     config.eval_size = min(config.eval_size, 8)
+    config.ood_eval_size = min(config.ood_eval_size or config.eval_size, 8)
     config.max_new_tokens = min(config.max_new_tokens, 32)
     config.training = {**config.training, "num_train_epochs": 1, "max_steps": 12}
     config.methods = config.methods[:2]
+    config.sweep = {}
+    config.seeds = config.seeds[:1]
     config.eval_every = 12  # at the start and the end
     return config
 
@@ -171,16 +246,18 @@ def _eval_records(config: CompareConfig) -> tuple[list[dict], list[dict]]:
 
     out_of_domain = config.out_of_domain or [f"psft/{task}" for task in GENERAL_TASKS]
 
-    def rows(names: list[str], group: str) -> list[dict]:
+    def rows(names: list[str], group: str, size: int) -> list[dict]:
         out = []
         for name in names:
             dataset = load_sft_dataset(name, split="test")
-            for row in dataset.select(range(min(config.eval_size, len(dataset)))):
+            for row in dataset.select(range(min(size, len(dataset)))):
                 out.append({**row, "task": row.get("task") or name, "group": group})
         return out
 
-    in_domain, general = rows(config.in_domain, "in_domain"), rows(out_of_domain, "out_of_domain")
-    return in_domain, general
+    ood_size = config.eval_size if config.ood_eval_size is None else config.ood_eval_size
+    return rows(config.in_domain, "in_domain", config.eval_size), rows(
+        out_of_domain, "out_of_domain", ood_size
+    )
 
 
 def _group_accuracy(logs: dict[str, float], tasks: list[str]) -> float | None:
@@ -188,9 +265,56 @@ def _group_accuracy(logs: dict[str, float], tasks: list[str]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_dir: Path) -> dict[str, Any]:
-    """Train one method with periodic evaluation; return its curves and evaluation points."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def run_settings(config: CompareConfig, run: dict[str, Any]) -> dict[str, Any]:
+    """Everything that decides a run's result: a finished run is reused only if these are unchanged."""
+    keys = ("model", "train_data", "in_domain", "out_of_domain", "eval_size", "ood_eval_size", "eval_every")
+    return {
+        **{k: getattr(config, k) for k in keys},
+        "max_new_tokens": config.max_new_tokens,
+        "training": config.training,
+        "overrides": run["overrides"],
+        "seed": run["seed"],
+    }
+
+
+def progress_callback(label: str):
+    """A TrainerCallback printing one line per tenth of the run: step / total, elapsed, ETA (evaluation time
+    included in the rate). Built here so that importing this module (for `--help`) does not import transformers."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def __init__(self):
+            self.start, self.last = 0.0, 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step, total = state.global_step, max(state.max_steps, 1)
+            if step - self.last < max(1, total // 10) and step != total:
+                return
+            self.last = step
+            elapsed = time.time() - self.start
+            console.print(
+                f"  {label}: step {step}/{total} ({100 * step / total:.0f}%), {_duration(elapsed)} elapsed, "
+                f"ETA {_duration(elapsed / step * (total - step))}"
+            )
+
+    return Progress()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def run_method(
+    config: CompareConfig, run: dict[str, Any], records: tuple, out_dir: Path, label: str = ""
+) -> dict[str, Any]:
+    """Train one run (a method at one sweep point and seed) with periodic evaluation; return its record."""
+    from datasets.utils.logging import disable_progress_bar
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers.utils import logging as hf_logging
 
     from psft.config import PSFTConfig
     from psft.data import load_sft_dataset
@@ -200,18 +324,20 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
     from psft.tiny import resolve_model_name
     from psft.trainer import PSFTTrainer
 
+    disable_progress_bar()  # per-run bars (tokenizing, loading weights) drown the progress lines
+    hf_logging.disable_progress_bar()
     in_domain, general = records
-    overrides = {k: v for k, v in run.items() if k != "name"}
     settings = {
         "bf16": False,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "report_to": "none",
         "save_strategy": "no",
         "logging_steps": 5,
         "disable_tqdm": True,
-        "seed": config.seed,
         **config.training,
-        **overrides,
+        **run["overrides"],
+        # the seed sets the data order (the sampler) and any random initialisation
+        "seed": run["seed"],
         "output_dir": str(out_dir),
     }
     try:
@@ -223,9 +349,11 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=config.dtype)
     train = load_sft_dataset(config.train_data)
     trainer = PSFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # raw log dicts every few steps; _Progress says what matters
+    trainer.add_callback(progress_callback(label or run["id"]))
     steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _planned_steps(trainer)
     every = config.eval_every or max(1, steps // 4)
-    EvalCallback(
+    evaluator = EvalCallback(
         tokenizer,
         every_n_steps=every,
         data=in_domain + general,
@@ -239,6 +367,7 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
     ).attach(trainer)
     start = time.time()
     trainer.train()
+    runtime = time.time() - start
     if config.save_models:
         trainer.save_model(str(out_dir))
     in_tasks = sorted({r["task"] for r in in_domain})
@@ -258,12 +387,13 @@ def run_method(config: CompareConfig, run: dict[str, Any], records: tuple, out_d
                 }
             )
     return {
-        "name": run["name"],
-        "overrides": overrides,
+        **{k: run[k] for k in ("id", "name", "method", "point", "seed", "overrides")},
+        "settings": run_settings(config, run),
         "curves": curves,
         "evals": evals,
         "steps": trainer.state.global_step,
-        "runtime_s": round(time.time() - start, 1),
+        "train_s": round(runtime - evaluator.seconds, 1),  # training alone
+        "eval_s": round(evaluator.seconds, 1),  # periodic evaluation (generation and drift)
     }
 
 
@@ -274,30 +404,152 @@ def _planned_steps(trainer) -> int:
     return int(per_epoch * trainer.args.num_train_epochs)
 
 
-def compare(config: CompareConfig) -> dict[str, Any]:
-    """Run every method, write `report.json` and the plots under `config.output_dir`, print the table."""
+RESULT = "result.json"  # each run's record, in its directory, written as soon as the run finishes
+
+
+def _execute(config: CompareConfig, run: dict[str, Any], label: str, threads: int | None) -> dict[str, Any]:
+    """Train one run and write its `result.json` at once (in the worker, so a later crash loses nothing)."""
+    if threads:  # one worker of `--jobs`: its share of the CPUs, chosen and announced by the parent
+        configure_threads(threads, announce=False)
+    out_dir = Path(config.output_dir) / run["id"]
+    result = run_method(config, run, _eval_records(config), out_dir, label)
+    _write_json(out_dir / RESULT, result)
+    return result
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write through a temporary file and rename: a kill mid-write never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _finished(out: Path, config: CompareConfig, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's record if it finished with the same settings; None if not there; an error if it differs."""
+    path = out / run["id"] / RESULT
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path}: unreadable ({err}); delete it to rerun that run") from None
+    expected = run_settings(config, run)
+    recorded = result.get("settings", {})
+    if recorded != expected:
+        changed = sorted(k for k in set(expected) | set(recorded) if expected.get(k) != recorded.get(k))
+        raise UserError(
+            f"{path}: finished with other settings ({', '.join(changed)}); use another --output_dir or delete "
+            "that run directory to rerun it"
+        )
+    return result
+
+
+def compare(config: CompareConfig, jobs: int = 1) -> dict[str, Any]:
+    """Run every planned run not already finished in `config.output_dir` (each writes its `result.json` when it
+    ends), `jobs` at a time, then write the report, the table and the plots. Returns the report."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = config.runs()
-    records = _eval_records(config)
-    results = []
-    for index, run in enumerate(runs, start=1):
-        console.print(f"[bold][{index}/{len(runs)}] {run['name']}[/bold]: {run}")
-        result = run_method(config, run, records, out / _safe(run["name"]))
+    plan = config.runs()
+    done = {run["id"] for run in plan if _finished(out, config, run) is not None}  # refuses changed settings
+    _write_json(out / "config.json", asdict(config))  # only then: `--report` reads the plan from it
+    todo = [(index, run) for index, run in enumerate(plan, start=1) if run["id"] not in done]
+    settings = len({r["name"] for r in plan})
+    console.print(
+        f"[bold]psft compare[/bold]: {len(plan)} runs ({settings} settings x {len(config.seeds)} seed(s)) into "
+        f"{out}" + (f"; {len(done)} already finished there, reused" if done else "")
+    )
+    jobs = max(1, min(jobs, len(todo) or 1))
+    threads = None
+    if jobs > 1:
+        threads, reason = choose_threads(None, jobs)
+        console.print(f"running {jobs} runs side by side, {threads} torch thread(s) each ({reason})")
+    elif todo:
+        configure_threads()
+    start, finished = time.time(), 0
+    for result in _execute_all(config, todo, len(plan), jobs, threads):
+        finished += 1
         final = result["evals"][-1] if result["evals"] else {}
+        left = len(todo) - finished
+        eta = (time.time() - start) / finished * left  # wall time per finished run already counts the jobs
         console.print(
-            f"  done in {result['runtime_s']}s: in-domain {_pct(final.get('in_domain'))}, "
-            f"out-of-domain {_pct(final.get('out_of_domain'))}"
+            f"[bold]finished[/bold] {result['id']} ({finished}/{len(todo)}): training {result['train_s']}s, "
+            f"evaluation {result['eval_s']}s; in-domain {_pct(final.get('in_domain'))}, out-of-domain "
+            f"{_pct(final.get('out_of_domain'))}" + (f"; {left} to go, ETA {_duration(eta)}" if left else "")
         )
-        results.append(result)
-    report = {"config": asdict(config), "runs": results}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print_table(results)
-    from psft.plots import plot_report
+        write_report(out, plots=False, table=False)  # what is there so far, in case the rest never finishes
+    report = write_report(out)
+    console.print(
+        f"[bold]done[/bold]: {report['finished']}/{report['planned']} runs in {_duration(time.time() - start)}; "
+        f"report {out / 'report.md'} (and report.json), plots {out}/*.png, runs {out}/<run>/result.json"
+    )
+    return report
 
-    for path in plot_report(report, out):
-        console.print(f"wrote {path}")
-    console.print(f"wrote {out / 'report.json'}")
+
+def _execute_all(config: CompareConfig, todo: list, total: int, jobs: int, threads: int | None):
+    """Yield each run's record as it finishes: in this process, or `jobs` worker processes side by side."""
+    labels = {run["id"]: f"run {index}/{total} {run['id']}" for index, run in todo}
+    if jobs == 1:
+        for _, run in todo:
+            console.print(f"[bold]{labels[run['id']]}[/bold]: {escape(str(run['overrides']))}")
+            yield _execute(config, run, labels[run["id"]], threads)
+        return
+    # spawn, not fork: the parent may hold torch/OpenMP thread pools that a forked child must not inherit
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_execute, config, run, labels[run["id"]], threads) for _, run in todo]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def load_report(out_dir: str | Path) -> dict[str, Any]:
+    """The report of what is in `out_dir` now: its planned runs (config.json), the finished ones and the summary."""
+    from psft.analysis import summarize
+
+    out = Path(out_dir)
+    path = out / "config.json"
+    if not path.is_file():
+        raise UserError(f"{out}: no config.json here; is it the output_dir of a `psft compare` run?")
+    config = CompareConfig(**json.loads(path.read_text()))
+    plan = config.runs()
+    results = []
+    for run in plan:
+        try:
+            result = _finished(out, config, run)
+        except UserError as err:
+            console.print(f"[yellow]skipped[/yellow] {escape(str(err))}")
+            continue
+        if result is not None:
+            results.append(result)
+    finished = {r["id"] for r in results}
+    return {
+        "config": asdict(config),
+        "planned": len(plan),
+        "finished": len(results),
+        "missing": [r["id"] for r in plan if r["id"] not in finished],
+        "runs": results,
+        "summary": summarize(results, config.reference_method),
+    }
+
+
+def write_report(out_dir: str | Path, plots: bool = True, table: bool = True) -> dict[str, Any]:
+    """Rebuild report.json and report.md (and the plots and terminal table) from the runs on disk."""
+    from psft.report import render_markdown
+
+    out = Path(out_dir)
+    report = load_report(out)
+    _write_json(out / "report.json", report)
+    written = []
+    if plots and report["runs"]:
+        from psft.plots import plot_report
+
+        written = plot_report(report, out)
+    (out / "report.md").write_text(render_markdown(report, [p.name for p in written]))
+    if table:
+        print_table(report)
     return report
 
 
@@ -309,47 +561,79 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def print_table(results: list[dict[str, Any]]) -> None:
-    """Base and final accuracy, entropy and drift of every run."""
-    table = Table(title="psft compare")
-    for column in (
-        "method",
-        "steps",
-        "in-domain (base → final)",
-        "out-of-domain (base → final)",
-        "entropy",
-        "clip high",
-        "drift KL",
-    ):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for r in results:
-        first, last = (r["evals"][0], r["evals"][-1]) if r["evals"] else ({}, {})
-        curve = r["curves"][-1] if r["curves"] else {}
-        clip = curve.get("clip_ratio/high")
-        table.add_row(
-            r["name"],
-            str(r["steps"]),
-            f"{_pct(first.get('in_domain'))} → {_pct(last.get('in_domain'))}",
-            f"{_pct(first.get('out_of_domain'))} → {_pct(last.get('out_of_domain'))}",
-            f"{curve.get('entropy', float('nan')):.3f}",
-            "-" if clip is None else f"{clip:.3f}",
-            "-" if last.get("drift_kl") is None else f"{last['drift_kl']:.4f}",
-        )
-    Console(width=max(120, Console().width)).print(table)
+def print_table(report: dict[str, Any]) -> None:
+    """Per setting, final metrics as mean [95% interval] over seeds; the columns are defined below it."""
+    from psft.report import COLUMNS, format_estimate
+
+    table = Table(title=f"psft compare: {report['finished']}/{report['planned']} runs finished")
+    table.add_column("setting", justify="left")
+    table.add_column("seeds", justify="right")
+    for _, title, _ in COLUMNS:
+        table.add_column(title, justify="right")
+    for group in report["summary"]["groups"]:
+        cells = [format_estimate(group["metrics"][key], scale) for key, _, scale in COLUMNS]
+        table.add_row(escape(group["name"]), str(len(group["seeds"])), *cells)  # "sft[lr=...]" is not markup
+    console_out = Console(width=max(140, Console().width))
+    console_out.print(table)
+    from psft.report import COLUMN_HELP
+
+    console_out.print(COLUMN_HELP)
+    for gap in report["summary"]["frontier_gaps"]:
+        console_out.print(f"frontier: {escape(gap['verdict'])}")
 
 
 def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    description = __doc__.splitlines()[0]
+    epilog = None
     if not demo:
-        parser.add_argument("--config", required=True, help="YAML file with CompareConfig fields")
+        epilog = "CompareConfig fields (YAML):\n" + "\n".join(
+            f"  {f.name:<17} {f.metadata.get('help', '')}" for f in fields(CompareConfig)
+        )
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if not demo:
+        group = parser.add_mutually_exclusive_group(required=True)
+        group.add_argument(
+            "--config", help="YAML file of CompareConfig fields (listed below; examples/compare.yaml)"
+        )
+        group.add_argument(
+            "--report",
+            metavar="DIR",
+            help="re-render report.json, report.md, table and plots of DIR; no training",
+        )
     else:
+        preset = parser.add_mutually_exclusive_group()
+        preset.add_argument(
+            "--quick",
+            action="store_true",
+            help="a smoke run: 2 methods x 12 steps (checks the pipeline, not a result)",
+        )
+        preset.add_argument(
+            "--full",
+            action="store_true",
+            help="the research preset: 6 methods x 3 learning rates x 3 seeds (hours on one CPU; use --jobs)",
+        )
         parser.add_argument(
             "--model",
             help="base model directory (e.g. from `psft convert`): a real instruct model, with word problems "
             "in-domain and format instructions out-of-domain (default: the built-in tiny model and its suite)",
         )
-    parser.add_argument("--output_dir", help="where runs, report.json and plots go")
-    parser.add_argument("--quick", action="store_true", help="a small run (about 2 minutes on a laptop CPU)")
+    if not demo:
+        parser.add_argument(
+            "--quick", action="store_true", help="a smoke run of the config (2 methods, 12 steps)"
+        )
+    parser.add_argument("--output_dir", help="where runs, report.json, report.md and plots go")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="seeds to repeat every run with")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs side by side in separate processes, CPU threads split between them",
+    )
     parser.add_argument(
         "--rl",
         metavar="RL_YAML",
@@ -364,24 +648,57 @@ def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """`psft compare --config FILE [--output_dir DIR] [--quick]`."""
+    """`psft compare --config FILE [--output_dir DIR] [--seeds ...] [--jobs N] [--quick]`, or `--report DIR`."""
     args = _parser("psft compare", demo=False).parse_args(argv)
+    if args.report:
+        write_report(args.report)
+        console.print(f"wrote {Path(args.report) / 'report.md'}, report.json and plots")
+        return 0
     config = CompareConfig.from_yaml(args.config)
     return _run(config, args)
 
 
 def demo_main(argv: list[str]) -> int:
-    """`psft demo [--quick] [--output_dir DIR]`: compare on the built-in model and task suite."""
+    """`psft demo [--quick | --full] [--output_dir DIR] [--jobs N]`: compare on the built-in model and tasks."""
     args = _parser("psft demo", demo=True).parse_args(argv)
     fields_ = {"model": args.model} if args.model else {}
-    return _run(CompareConfig.for_model(output_dir="runs/demo", **fields_), args)
+    if args.full:
+        if args.model:
+            raise UserError(
+                "--full is the built-in model's research preset; for another model write a compare YAML "
+                "(examples/compare.yaml) with its methods, sweep and seeds"
+            )
+        config = full_preset()
+    elif args.quick:
+        config = CompareConfig.for_model(output_dir="runs/demo-quick", **fields_)
+    else:
+        config = CompareConfig.for_model(output_dir="runs/demo", **fields_)
+    return _run(config, args)
+
+
+def full_preset() -> CompareConfig:
+    """The research preset: every registered baseline over a learning-rate sweep, three seeds."""
+    return CompareConfig(
+        methods=[dict(m) for m in FULL_METHODS],
+        sweep={"learning_rate": list(FULL_LEARNING_RATES)},
+        seeds=[0, 1, 2],
+        output_dir="runs/demo-full",
+    )
 
 
 def _run(config: CompareConfig, args: argparse.Namespace) -> int:
     if args.output_dir:
         config.output_dir = args.output_dir
+    if args.seeds:
+        config.seeds = args.seeds
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     if args.quick:
         config = quick(config)
+        console.print(
+            "[yellow]smoke run (--quick)[/yellow]: 12 steps check the pipeline end to end; the in-domain task is "
+            "not learned this early, so its accuracies are not results (run `psft demo` for those)"
+        )
     rl = None
     if args.rl:  # SFT->RL vs PSFT->RL: the same RL budget from each method's final model
         from psft.rl import format_report, load_rl_config, run_rl_stage
@@ -394,12 +711,16 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
 
         dpo = load_dpo_config(args.dpo, str(Path(config.output_dir) / "dpo"))
         config.save_models = True
-    compare(config)
+    compare(config, jobs=args.jobs)
     if rl is not None:
         rl_args, rl_config = rl
         out = Path(config.output_dir)
         report = run_rl_stage(
-            {run["name"]: str(out / _safe(run["name"])) for run in config.runs()},
+            # one seed: name each chain by its setting; several: by run (setting and seed)
+            {
+                run["name"] if len(config.seeds) == 1 else run["id"]: str(out / run["id"])
+                for run in config.runs()
+            },
             rl_config,
             rl_args.dataset_name,
             in_domain=config.in_domain,

@@ -52,6 +52,9 @@ class PSFTConfig(SFTConfig):
             Weight of the KL to the reference in `loss_type="sft_kl"` (the paper's SFT-KL baseline uses 0.5).
         asft_lambda (`float`, *optional*, defaults to `0.1`):
             Weight of the KL to the reference in `loss_type="asft"` (the ASFT authors' default).
+        eaft_alpha (`float`, *optional*, defaults to `1.0`):
+            Exponent of the normalised entropy that weights each token's NLL in `loss_type="eaft"` (the EAFT
+            authors' default).
         reference (`str`, *optional*, defaults to `"auto"`):
             Where reference log-probs (`sft_kl`, `asft`, `old_policy="fixed"`) come from, without a second
             model in memory by default: `"precompute"` computes the initial model's per-token log-probs on the
@@ -135,6 +138,10 @@ class PSFTConfig(SFTConfig):
     asft_lambda: float = field(
         default=0.1,
         metadata={"help": "KL-to-reference weight of loss_type='asft'."},
+    )
+    eaft_alpha: float = field(
+        default=1.0,
+        metadata={"help": "Exponent of the normalised entropy weighting each token in loss_type='eaft'."},
     )
     reference: str = field(
         default="auto",

@@ -146,3 +146,20 @@ def asft_loss(log_probs: Tensor, mask: Tensor, ref_log_probs: Tensor, asft_lambd
     kl = _k3(log_probs - ref_log_probs)
     dft = -log_probs.exp().detach() * log_probs
     return LossOutput((dft + asft_lambda * kl) * mask, {"kl_ref": kl.detach()})
+
+
+@register_loss("eaft", tensors=("normalized_entropy",), hparams=("eaft_alpha",))
+def eaft_loss(
+    log_probs: Tensor, mask: Tensor, normalized_entropy: Tensor, eaft_alpha: float = 1.0
+) -> LossOutput:
+    """EAFT (entropy-adaptive fine-tuning, arXiv 2601.02151): NLL weighted by sg(H~)^alpha per token.
+
+    H~ is the model's predictive entropy at that position divided by its maximum, so the weight is in [0, 1]:
+    confident positions (low entropy) where the demonstration disagrees with the model, the "confident
+    conflicts" the authors blame for forgetting, get little gradient; uncertain ones learn like SFT. The
+    gradient per token is -H~^alpha (the weight is not differentiated). LLaMA-Factory estimates H from the
+    top-20 logits and divides by ln 20; psft uses the exact entropy of the whole distribution (computed by the
+    training forward's fused head anyway) divided by ln(vocabulary size): the same range and ordering.
+    """
+    weight = normalized_entropy.detach().clamp(0.0, 1.0).pow(eaft_alpha)
+    return LossOutput(-weight * log_probs * mask, {"eaft_weight": weight})

@@ -46,6 +46,7 @@ logger = logging.get_logger(__name__)
 
 OLD_LOG_PROBS = "old_log_probs"
 REF_LOG_PROBS = "ref_log_probs"
+NORMALIZED_ENTROPY = "normalized_entropy"  # per-token entropy / ln(vocabulary), from the training forward
 REFERENCE_FILE = "reference_log_probs.pt"
 LARGE_RATIO = 100.0
 LARGE_RATIO_NOTE = (
@@ -372,6 +373,9 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             OLD_LOG_PROBS: log_probs.detach() if old_log_probs is None else old_log_probs,
             REF_LOG_PROBS: ref_log_probs,
         }
+        if NORMALIZED_ENTROPY in spec.tensors:
+            vocab = self.model.config.get_text_config().vocab_size
+            available[NORMALIZED_ENTROPY] = outputs.entropy.detach() / math.log(vocab)
         tensors = {name: available[name] for name in spec.tensors}
         hparams = {name: getattr(self.args, name) for name in spec.hparams}
         out = spec.fn(log_probs, mask, **tensors, **hparams)

@@ -1,57 +1,314 @@
-"""`psft compare` / `psft demo`: configuration, sweeps, and the quick demo end to end."""
+"""`psft compare` / `psft demo`: configuration, seeds, statistics, frontier verdicts, robust runs, end to end."""
 
 import json
+import math
+import re
+import warnings
 
 import pytest
 import yaml
 
+import psft.compare as compare_module
+from psft.analysis import estimate, frontier_at, paired_frontier_gap, seed_frontier, summarize, t_quantile
 from psft.cli import main
-from psft.compare import CompareConfig
+from psft.compare import CompareConfig, compare, load_report, print_table
 from psft.errors import UserError
+from psft.report import format_estimate
 
 
-def test_config_from_yaml_rejects_unknown_fields(tmp_path):
+def test_config_from_yaml_rejects_unknown_fields_and_the_old_seed_field(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": "psft/tiny-base", "methodz": []}))
     with pytest.raises(UserError, match="unknown field\\(s\\) methodz"):
         CompareConfig.from_yaml(str(path))
+    path.write_text(yaml.safe_dump({"seed": 3}))
+    with pytest.raises(UserError, match="seeds"):
+        CompareConfig.from_yaml(str(path))
 
 
-def test_sweep_multiplies_methods_with_unique_names():
+def test_runs_multiply_methods_sweep_and_seeds_with_seeds_outermost():
     config = CompareConfig(
         methods=[{"loss_type": "sft"}, {"name": "psft", "loss_type": "psft"}],
         sweep={"learning_rate": [1e-4, 3e-4], "mini_batches_per_rollout": [4]},
+        seeds=[0, 5],
     )
     runs = config.runs()
-    assert [r["name"] for r in runs] == [
+    names = [
         "sft[learning_rate=0.0001,mini_batches_per_rollout=4]",
         "sft[learning_rate=0.0003,mini_batches_per_rollout=4]",
         "psft[learning_rate=0.0001,mini_batches_per_rollout=4]",
         "psft[learning_rate=0.0003,mini_batches_per_rollout=4]",
     ]
-    assert runs[3]["learning_rate"] == 3e-4 and runs[3]["loss_type"] == "psft"
+    assert [r["name"] for r in runs] == names * 2
+    assert [r["seed"] for r in runs] == [0] * 4 + [5] * 4
+    assert runs[7]["id"] == "psft_learning_rate=0.0003_mini_batches_per_rollout=4_-seed5"
+    assert len({r["id"] for r in runs}) == 8
+    assert runs[3]["overrides"] == {"loss_type": "psft", "learning_rate": 3e-4, "mini_batches_per_rollout": 4}
+    assert runs[3]["method"] == "psft" and runs[3]["point"] == {
+        "learning_rate": 3e-4,
+        "mini_batches_per_rollout": 4,
+    }
     with pytest.raises(UserError, match="unique"):
         CompareConfig(methods=[{"loss_type": "sft"}, {"loss_type": "sft"}]).runs()
     with pytest.raises(UserError, match="methods\\[0\\]"):
         CompareConfig(methods=[{"learning_rate": 1}]).runs()
+    for bad in (
+        {"sweep": {"seed": [1, 2]}},
+        {"seeds": []},
+        {"seeds": [1, 1]},
+        {"methods": [{"loss_type": "sft", "seed": 1}]},
+    ):
+        with pytest.raises(UserError, match="seeds"):
+            CompareConfig(**bad).runs()
+
+
+def test_estimate_gives_student_t_intervals_and_none_for_one_value():
+    one = estimate([0.4])
+    assert one["mean"] == 0.4 and one["se"] is None and one["ci95"] is None
+    est = estimate([1.0, 2.0, 3.0])
+    se = 1 / math.sqrt(3)  # sample sd 1, n 3
+    assert est["se"] == pytest.approx(se)
+    assert est["ci95"] == pytest.approx([2 - 4.303 * se, 2 + 4.303 * se])
+    assert t_quantile(1) == 12.706 and t_quantile(30) == 2.042
+    assert t_quantile(31) == pytest.approx(2.0395, abs=1e-3) and t_quantile(10_000) == pytest.approx(
+        1.96, abs=1e-3
+    )
+    assert estimate([None, 1.0])["n"] == 1
+    assert (
+        format_estimate({"mean": 0.6, "ci95": [-0.1, 1.2]}, 100) == "60.0 [0.0, 100.0]"
+    )  # shares stay in range
+    assert format_estimate({"mean": 0.6, "ci95": [-0.1, 1.2]}) == "0.600 [-0.100, 1.200]"
+
+
+def _run(method, seed, points, name=None, nll=0.5):
+    """A synthetic run record: `points` are (in-domain, out-of-domain) at steps 0, 10, 20, ..."""
+    return {
+        "id": f"{name or method}-seed{seed}",
+        "name": name or method,
+        "method": method,
+        "point": {},
+        "seed": seed,
+        "overrides": {"loss_type": method},
+        "curves": [{"step": 10, "nll": nll, "entropy": 0.3}],
+        "evals": [
+            {"step": 10 * i, "in_domain": x, "out_of_domain": y, "drift_kl": 0.1 * i}
+            for i, (x, y) in enumerate(points)
+        ],
+    }
+
+
+def test_frontier_keeps_the_best_out_of_domain_at_each_in_domain_level():
+    runs = [
+        _run("a", 0, [(0.0, 0.9), (0.3, 0.6), (0.6, 0.2)]),
+        _run("a", 0, [(0.0, 0.9), (0.4, 0.7), (0.5, 0.1)], name="a2"),
+    ]
+    frontier = seed_frontier(runs)
+    assert frontier == [(0.0, 0.9), (0.4, 0.7), (0.6, 0.2)]  # (0.3, 0.6) and (0.5, 0.1) are dominated
+    assert (
+        frontier_at(frontier, 0.35) == 0.7
+        and frontier_at(frontier, 0.55) == 0.2
+        and frontier_at(frontier, 0.7) is None
+    )
+
+
+def _pair(gaps_by_seed, base=((0.0, 0.9), (0.5, 0.4), (0.8, 0.2))):
+    """Reference method `sft` and method `m` whose frontier is `sft`'s shifted by each seed's gap."""
+    runs = []
+    for seed, gap in enumerate(gaps_by_seed):
+        runs.append(_run("sft", seed, base))
+        runs.append(_run("m", seed, [(x, y + gap) for x, y in base]))
+    return runs
+
+
+def test_verdicts_never_claim_more_than_the_intervals():
+    dominates = paired_frontier_gap(_pair([0.10, 0.12, 0.11]), "m", "sft")
+    assert dominates["verdict"].startswith("m dominates sft over in-domain 5-80%")
+    assert all(lv["ci95"][0] > 0 for lv in dominates["levels"])
+    assert "Averaged over these levels: +11.0 points" in dominates["verdict"]
+    noisy = paired_frontier_gap(_pair([0.10, -0.08, 0.02]), "m", "sft")
+    assert "equal within noise" in noisy["verdict"] and "dominates" not in noisy["verdict"]
+    below = paired_frontier_gap(_pair([-0.10, -0.12, -0.11]), "m", "sft")
+    assert below["verdict"].startswith("m is dominated by sft")
+    single = paired_frontier_gap(_pair([0.3]), "m", "sft")
+    assert "one seed, so no interval and no verdict" in single["verdict"]
+    # above at low in-domain levels, below at high ones: a crossing
+    runs = []
+    for seed, (lo, hi) in enumerate([(0.10, -0.10), (0.12, -0.09), (0.11, -0.11)]):
+        runs.append(_run("sft", seed, [(0.0, 0.9), (0.5, 0.4), (0.8, 0.3)]))
+        runs.append(_run("m", seed, [(0.0, 0.9), (0.5, 0.4 + lo), (0.8, 0.3 + hi)]))
+    crossing = paired_frontier_gap(runs, "m", "sft")
+    assert crossing["verdict"].startswith(
+        "m and sft cross: m is above at in-domain 5-50% and below at 55-80%"
+    )
+
+
+def test_summary_matches_nll_and_pairs_equal_settings(capsys):
+    runs = []
+    for seed in range(3):
+        for name, nll in (("sft[lr=1]", 0.2), ("sft[lr=2]", 0.6)):
+            runs.append(
+                {
+                    **_run("sft", seed, [(0.0, 0.9), (0.5, 0.3)], name=name, nll=nll + 0.01 * seed),
+                    "point": {"lr": name[-2]},
+                }
+            )
+        runs.append(
+            {
+                **_run("m", seed, [(0.0, 0.9), (0.5, 0.5 + 0.01 * seed)], name="m[lr=1]", nll=0.55),
+                "point": {"lr": "1"},
+            }
+        )
+    summary = summarize(runs, "sft")
+    assert [g["name"] for g in summary["groups"]] == ["sft[lr=1]", "sft[lr=2]", "m[lr=1]"]
+    assert summary["groups"][0]["metrics"]["nll"]["mean"] == pytest.approx(0.21)
+    (matched,) = summary["matched_nll"]
+    assert matched["reference_setting"] == "sft[lr=2]"  # NLL 0.61 is closer to 0.55 than 0.21
+    assert matched["gap"]["out_of_domain"]["mean"] == pytest.approx(0.21)
+    (equal,) = summary["equal_settings"]
+    assert equal["reference_setting"] == "sft[lr=1]"
+    assert equal["gap"]["in_domain"]["mean"] == pytest.approx(0.0)
+    print_table({"finished": 9, "planned": 9, "summary": summary})
+    assert "sft[lr=1]" in capsys.readouterr().out  # a setting's name is not taken for rich markup
+
+
+def _fake_runs(monkeypatch, fail_on=None):
+    """Replace training with instant synthetic runs; record which runs were trained."""
+    trained = []
+
+    def fake(config, run, records, out_dir, label=""):
+        if run["id"] == fail_on:
+            raise RuntimeError("killed")
+        trained.append(run["id"])
+        result = _run(
+            run["method"], run["seed"], [(0.0, 0.9), (0.2 + 0.1 * run["seed"], 0.5)], name=run["name"]
+        )
+        return {**result, "id": run["id"], "point": run["point"], "overrides": run["overrides"],
+                "settings": compare_module.run_settings(config, run), "steps": 10, "train_s": 1.0, "eval_s": 0.5}  # fmt: skip
+
+    monkeypatch.setattr(compare_module, "run_method", fake)
+    monkeypatch.setattr(compare_module, "_eval_records", lambda config: ([], []))
+    return trained
+
+
+def test_each_run_is_saved_when_it_ends_and_a_rerun_skips_finished_ones(tmp_path, monkeypatch):
+    config = CompareConfig(
+        methods=[{"loss_type": "sft"}, {"name": "p", "loss_type": "psft"}],
+        seeds=[0, 1],
+        output_dir=str(tmp_path),
+    )
+    trained = _fake_runs(monkeypatch, fail_on="p-seed1")
+    with pytest.raises(RuntimeError, match="killed"):
+        compare(config)
+    assert trained == ["sft-seed0", "p-seed0", "sft-seed1"]
+    partial = json.loads((tmp_path / "report.json").read_text())  # rebuilt after every finished run
+    assert (partial["finished"], partial["planned"], partial["missing"]) == (3, 4, ["p-seed1"])
+    assert [r["seed"] for r in partial["runs"]] == [0, 0, 1]
+
+    trained = _fake_runs(monkeypatch)
+    report = compare(config)
+    assert trained == ["p-seed1"]  # the three finished runs were reused
+    assert report["finished"] == 4 and report["summary"]["groups"][0]["seeds"] == [0, 1]
+    assert "p and sft are equal within noise" in (tmp_path / "report.md").read_text()
+
+    (tmp_path / "report.json").unlink()
+    with warnings.catch_warnings():  # no run clips: clip_ratio.png says so, no empty-legend warning
+        warnings.simplefilter("error")
+        assert main(["compare", "--report", str(tmp_path)]) == 0  # re-render only
+    assert json.loads((tmp_path / "report.json").read_text())["finished"] == 4
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+    config.training = {**config.training, "num_train_epochs": 3}  # a finished run no longer means the same
+    with pytest.raises(UserError, match="other settings \\(training\\)"):
+        compare(config)
+    assert json.loads((tmp_path / "config.json").read_text())["training"]["num_train_epochs"] == 12  # kept
+    with pytest.raises(UserError, match="no config.json"):
+        load_report(tmp_path / "sft-seed0")
+
+
+def test_compare_help_lists_every_config_field(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = capsys.readouterr().out
+    for name in CompareConfig.__dataclass_fields__:
+        assert f"\n  {name} " in text, name
+    assert "prompts per in-domain evaluation set" in text
+
+
+@pytest.mark.slow
+def test_seeds_change_the_data_order_and_jobs_run_side_by_side(tmp_path):
+    """Two seeds of one method in two worker processes: each records its seed; the data order differs (~40 s)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "methods": [{"name": "sft", "loss_type": "sft", "learning_rate": 1e-4}],
+                "training": {
+                    "per_device_train_batch_size": 8,
+                    "max_steps": 4,
+                    "logging_steps": 1,
+                    "max_length": 128,
+                    "assistant_only_loss": True,
+                },  # fmt: skip
+                "eval_size": 2,
+                "ood_eval_size": 1,
+                "eval_every": 4,
+                "max_new_tokens": 8,
+            }
+        )
+    )
+    assert (
+        main(
+            [
+                "compare",
+                "--config",
+                str(path),
+                "--seeds",
+                "0",
+                "1",
+                "--jobs",
+                "2",
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    runs = {r["seed"]: r for r in report["runs"]}
+    assert sorted(runs) == [0, 1] and all(r["settings"]["seed"] == s for s, r in runs.items())
+    assert runs[0]["curves"][0]["step"] == 1
+    assert runs[0]["curves"][0]["nll"] != runs[1]["curves"][0]["nll"]  # different first batches
+    assert report["summary"]["groups"][0]["seeds"] == [0, 1]
 
 
 def test_demo_quick_end_to_end_writes_a_well_formed_report_and_plots(tmp_path, capsys):
     assert main(["demo", "--quick", "--output_dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    names = [run["name"] for run in report["runs"]]
-    assert names == ["sft", "psft-K8"]
+    assert [run["name"] for run in report["runs"]] == ["sft", "psft-K8"]
     for run in report["runs"]:
-        assert run["steps"] == 12
+        assert run["steps"] == 12 and run["seed"] == 0
         assert [e["step"] for e in run["evals"]] == [0, 12]
         base, final = run["evals"]
         # the built-in model knows the general tasks and not yet the in-domain one
         assert base["out_of_domain"] > 0.8 and base["in_domain"] < 0.3
         assert base["drift_kl"] == pytest.approx(0.0, abs=1e-6) and final["drift_kl"] > 0
         assert set(base["tasks"]) == {"arith", "reverse", "upper", "add", "length", "json", "brackets"}
-        assert run["curves"] and all("entropy" in c and "nll" in c for c in run["curves"])
-    psft_curves = report["runs"][1]["curves"]
-    assert all("clip_ratio/high" in c for c in psft_curves)
-    for png in ("entropy.png", "clip_ratio.png", "pareto.png", "drift.png"):
+        assert [c["step"] for c in run["curves"]] == [5, 10]  # no training log lost at evaluation steps
+        assert all("entropy" in c and "nll" in c for c in run["curves"])
+        assert run["train_s"] > 0 and run["eval_s"] > 0
+    assert all("clip_ratio/high" in c for c in report["runs"][1]["curves"])
+    for png in ("frontier.png", "entropy.png", "clip_ratio.png", "pareto.png", "drift.png"):
         assert (tmp_path / png).stat().st_size > 1000
-    assert "psft compare" in capsys.readouterr().out  # the table
+    captured = capsys.readouterr()
+    assert "psft compare" in captured.out and "smoke run" in captured.err
+    assert "step 12/12" in captured.err
+
+
+def test_readme_compare_examples_exist_and_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    paths = re.findall(r"psft compare --config (examples/\S+)", (root / "README.md").read_text())
+    assert "examples/compare.yaml" in paths
+    for path in paths:
+        assert len(CompareConfig.from_yaml(str(root / path)).runs()) == 18

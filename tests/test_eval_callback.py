@@ -91,6 +91,32 @@ def test_callback_with_trl_sft_trainer(tmp_path):
     _check_history(trainer, tmp_path)
 
 
+def test_no_training_log_is_lost_when_evaluation_and_logging_share_a_step(tmp_path):
+    """`Trainer.log` from `on_step_end` clears `should_log`: without care, the training entry of every step that
+    is both an evaluation and a logging step disappears (here steps 3 and 6)."""
+    torch.set_num_threads(1)
+    tok = make_char_tokenizer()
+    ids = [tok("hello world " * 2)["input_ids"]] * 16
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=7,
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=3,
+        use_cpu=True,
+    )
+    data = Dataset.from_dict({"input_ids": ids, "labels": ids})
+    trainer = Trainer(model=make_tiny_llama(tok), args=args, train_dataset=data)
+    callback = EvalCallback(tok, every_n_steps=3, data=EVAL_ROWS, generation_kwargs={"max_new_tokens": 2})
+    callback.attach(trainer)
+    trainer.train()
+    history = trainer.state.log_history
+    assert [h["step"] for h in history if "loss" in h] == [3, 6]
+    assert [h["step"] for h in history if "gen/avg@1" in h] == [0, 3, 6, 7]
+    assert callback.seconds > 0
+
+
 def test_every_n_steps_must_be_positive():
     with pytest.raises(ValueError):
         EvalCallback(make_char_tokenizer(), every_n_steps=0)

@@ -194,7 +194,7 @@ def test_compare_rl_chains_the_same_rl_run_from_every_fine_tuned_method(tmp_path
     report = json.loads((tmp_path / "cmp" / "rl" / "rl_report.json").read_text())
     assert report["methods"].keys() == {"sft", "psft"}
     for name in ("sft", "psft"):
-        assert report["methods"][name]["checkpoint"] == str(tmp_path / "cmp" / name)
+        assert report["methods"][name]["checkpoint"] == str(tmp_path / "cmp" / f"{name}-seed0")
         assert report["methods"][name]["rl_train"]["steps"] == 2
         assert report["methods"][name]["before_rl"]["out_of_domain"]["num_prompts"] == 2
         assert (tmp_path / "cmp" / "rl" / name / "model.safetensors").is_file()

@@ -36,8 +36,8 @@ def test_generator_is_deterministic_in_seed(task):
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_train_and_test_splits_are_disjoint(task):
-    n_test = 200 if task == IN_DOMAIN_TASK else 150 if task in INSTRUCT_TASKS else 300
-    train = {e.prompt for seed in (0, 1) for e in generate(task, 600, seed=seed, split="train")}
+    n_test, n_train = (100, 500) if task == IN_DOMAIN_TASK else (150, 600) if task in INSTRUCT_TASKS else (300, 600)
+    train = {e.prompt for seed in (0, 1) for e in generate(task, n_train, seed=seed, split="train")}
     test = generate(task, n_test, seed=0, split="test")
     assert all(split_of(e) == "test" for e in test)
     assert train.isdisjoint(e.prompt for e in test)
@@ -49,14 +49,14 @@ def test_in_domain_train_set_is_fixed_and_disjoint_from_all_its_test_problems():
     # the test split of this task is small enough to exhaust: ask for more than exists
     with pytest.raises(UserError, match="fewer than"):
         generate(IN_DOMAIN_TASK, 400, split="test")
-    test = generate(IN_DOMAIN_TASK, 200, split="test")
+    test = generate(IN_DOMAIN_TASK, 100, split="test")  # the built-in test set's size
     assert {e.prompt for e in train}.isdisjoint(e.prompt for e in test)
 
 
 def test_in_domain_trace_is_correct_arithmetic_ending_in_boxed_answer():
     for e in generate(IN_DOMAIN_TASK, 300, seed=3):
-        expression = re.fullmatch(r"Compute ([0-9+*]+)\.", e.prompt).group(1)
-        assert e.answer == str(eval(expression))  # noqa: S307 (digits and + * only)
+        expression = re.fullmatch(r"Compute ([1-9]\+[1-9]\+[1-9])\.", e.prompt).group(1)
+        assert e.answer == str(eval(expression))  # noqa: S307 (digits and + only)
         steps = e.completion.split(". ")
         assert steps[-1] == f"\\boxed{{{e.answer}}}"
         for step in steps[:-1]:
@@ -110,9 +110,9 @@ def test_format_checkers_need_the_format_and_the_answer():
 
 def test_math_checker_reads_the_boxed_answer_of_a_trace():
     check = get_checker("math")
-    assert check("4*2=8. 3+8=11. \\boxed{11}", "11")
-    assert not check("4*2=8. 3+8=12. \\boxed{12}", "11")
-    assert not check("3+4=7. 7*2=14. \\boxed{14}", "11")
+    assert check("3+4=7. 7+2=9. \\boxed{9}", "9")
+    assert not check("3+4=7. 7+2=10. \\boxed{10}", "9")
+    assert not check("3+4=7. 7+2=9. \\boxed{7}", "9")
 
 
 def _prepared(records: list[dict], assistant_only_loss: bool):

@@ -15,6 +15,7 @@ Runs on every process (each computes the same numbers); not meant for FSDP / ZeR
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ class EvalCallback(TrainerCallback):
         self.drift_kwargs = drift_kwargs or {}
         self.output_dir = Path(output_dir) if output_dir else None
         self.trainer = None
+        self.seconds = 0.0  # wall time spent evaluating (so callers can report training time without it)
         self._last_step = -1
         self._tmp: tempfile.TemporaryDirectory | None = None
 
@@ -78,15 +80,22 @@ class EvalCallback(TrainerCallback):
     def _drift_run_kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in self.drift_kwargs.items() if k in ("batch_size", "chunk_size")}
 
-    def _run(self, args, state, model) -> None:
+    def _run(self, args, state, control, model) -> None:
         if state.global_step == self._last_step:
             return
         self._last_step = state.global_step
+        start = time.perf_counter()
         metrics = self.evaluate(model, state.global_step)
+        self.seconds += time.perf_counter() - start
         if not metrics:
             return
         if self.trainer is not None:
+            # `Trainer.log` runs `CallbackHandler.on_log`, which clears `control.should_log` (transformers
+            # 5.23-5.24): called from `on_step_end`, that would drop the training log the Trainer is about to
+            # write at this same step. Keep the flag as the Trainer set it.
+            should_log = control.should_log
             self.trainer.log(metrics)
+            control.should_log = should_log
         else:
             state.log_history.append({**metrics, "step": state.global_step})
 
@@ -101,12 +110,12 @@ class EvalCallback(TrainerCallback):
                 model, self.tokenizer, self.drift_texts, path, **self.drift_kwargs
             )
         if self.eval_on_start:
-            self._run(args, state, model)
+            self._run(args, state, control, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
-            self._run(args, state, model)
+            self._run(args, state, control, model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.eval_on_end:
-            self._run(args, state, model)
+            self._run(args, state, control, model)

@@ -1,7 +1,9 @@
-"""The in-domain task: three-operand arithmetic answered as a short reasoning trace ending in `\\boxed{N}`.
+"""The in-domain task: the sum of three digits answered as a short reasoning trace ending in `\\boxed{N}`.
 
-Related to what the base model knows (two-number addition) but new in form: multiplication first, each step
-written out, the result boxed as in the paper's math data. E.g. "Compute 3+4*2." -> "4*2=8. 3+8=11. \\boxed{11}".
+Related to what the base model knows (two-number addition, "What is 7+5?") but new in form: each step written
+out, the result boxed as in the paper's math data. E.g. "Compute 3+4+2." -> "3+4=7. 7+2=9. \\boxed{9}".
+Small enough to learn from a few hundred demonstrations: SFT on the built-in model reaches about 70% within
+the default demo's budget (README), while the general tasks are forgotten along the way.
 """
 
 from __future__ import annotations
@@ -10,23 +12,20 @@ import random
 
 from psft.tasks.base import Example
 
-OPS = ("+", "*")
 
-
-def solve(a: int, op1: str, b: int, op2: str, c: int) -> tuple[list[str], int]:
-    """The steps of `a op1 b op2 c` with `*` before `+`, and the value."""
-    if op2 == "*" and op1 == "+":
-        steps = [f"{b}*{c}={b * c}", f"{a}+{b * c}={a + b * c}"]
-        return steps, a + b * c
-    first = a * b if op1 == "*" else a + b
-    value = first * c if op2 == "*" else first + c
-    return [f"{a}{op1}{b}={first}", f"{first}{op2}{c}={value}"], value
+def solve(*operands: int) -> tuple[list[str], int]:
+    """The left-to-right steps of `a+b+c+...` and the value."""
+    steps, total = [], operands[0]
+    for x in operands[1:]:
+        steps.append(f"{total}+{x}={total + x}")
+        total += x
+    return steps, total
 
 
 def sample_arith(rng: random.Random) -> Example:
-    """Operands 1-9, at most one `*`, so every addition step stays within the base model's two-number range."""
-    a, b, c = (rng.randint(1, 9) for _ in range(3))
-    op1, op2 = rng.choice([("+", "+"), ("+", "*"), ("*", "+")])
-    steps, value = solve(a, op1, b, op2, c)
+    """Three operands 1-9: 729 problems, every step a sum the base model can already do."""
+    operands = [rng.randint(1, 9) for _ in range(3)]
+    steps, value = solve(*operands)
     completion = ". ".join(steps) + f". \\boxed{{{value}}}"
-    return Example("arith", f"Compute {a}{op1}{b}{op2}{c}.", completion, str(value), "math")
+    prompt = "Compute " + "+".join(map(str, operands)) + "."
+    return Example("arith", prompt, completion, str(value), "math")
