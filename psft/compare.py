@@ -712,35 +712,26 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
         dpo = load_dpo_config(args.dpo, str(Path(config.output_dir) / "dpo"))
         config.save_models = True
     compare(config, jobs=args.jobs)
+    out = Path(config.output_dir)
+    # each method's final model, the start of the next stage; one seed: named by setting, several: by run
+    starts = {
+        run["name"] if len(config.seeds) == 1 else run["id"]: str(out / run["id"]) for run in config.runs()
+    }
+    evaluation = dict(
+        base_model=config.model,
+        in_domain=config.in_domain,
+        out_of_domain=config.out_of_domain or "psft/general",
+        eval_limit=config.eval_size,
+        max_new_tokens=config.max_new_tokens,
+    )
     if rl is not None:
         rl_args, rl_config = rl
-        out = Path(config.output_dir)
         report = run_rl_stage(
-            # one seed: name each chain by its setting; several: by run (setting and seed)
-            {
-                run["name"] if len(config.seeds) == 1 else run["id"]: str(out / run["id"])
-                for run in config.runs()
-            },
-            rl_config,
-            rl_args.dataset_name,
-            in_domain=config.in_domain,
-            out_of_domain=config.out_of_domain or "psft/general",
-            eval_limit=config.eval_size,
-            max_new_tokens=config.max_new_tokens,
-            eval_batch_size=rl_args.eval_batch_size,
+            starts, rl_config, rl_args.dataset_name, eval_batch_size=rl_args.eval_batch_size, **evaluation
         )
         print(format_report(report))
     if dpo is not None:
         from psft.dpo import run_after_compare
 
-        out = Path(config.output_dir)
-        run_after_compare(
-            {run["name"]: str(out / _safe(run["name"])) for run in config.runs()},
-            dpo,
-            base_model=config.model,
-            in_domain=config.in_domain,
-            out_of_domain=config.out_of_domain or "psft/general",
-            eval_limit=config.eval_size,
-            max_new_tokens=config.max_new_tokens,
-        )
+        run_after_compare(starts, dpo, **evaluation)
     return 0
