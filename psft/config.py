@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -74,8 +75,9 @@ class PSFTConfig(SFTConfig):
     Defaults that differ from TRL's `SFTConfig`, so that the same config runs on a laptop CPU and on a GPU:
 
         bf16 (`bool` or `None`, *optional*, defaults to `None`):
-            Unset: bf16 mixed precision where the accelerator supports it (an Ampere or newer GPU, XPU, NPU, ...),
-            full precision on a CPU or older GPU. SFTConfig's unset value is always `True`, which fails on a CPU.
+            Unset: what `accelerate launch` asked for (its config's or flag's `mixed_precision`), else bf16 mixed
+            precision where the accelerator supports it (an Ampere or newer GPU, XPU, NPU, ...), full precision on
+            a CPU or older GPU. SFTConfig's unset value is always `True`, which fails on a CPU.
         gradient_checkpointing (`bool` or `None`, *optional*, defaults to `None`):
             Deprecated alias of `activation_checkpointing` (transformers 5). With neither set, activation
             checkpointing is on, as in SFTConfig, without transformers' deprecation warning.
@@ -233,7 +235,11 @@ class PSFTConfig(SFTConfig):
         from transformers.utils import is_torch_bf16_gpu_available
 
         accelerator = not self.use_cpu and accelerator_available()
-        if self.bf16 is None:
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()  # set by `accelerate launch`
+        if self.bf16 is None and launched in ("no", "fp16", "bf16", "fp8"):
+            # a DeepSpeed config with `bf16.enabled` from the launch must agree with the Trainer's bf16
+            self.bf16 = launched == "bf16"
+        elif self.bf16 is None:
             self.bf16 = not self.fp16 and accelerator and is_torch_bf16_gpu_available()
         if self.gradient_checkpointing is None and self.activation_checkpointing is None:
             self.activation_checkpointing = True

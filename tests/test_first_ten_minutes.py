@@ -66,6 +66,17 @@ def test_bf16_defaults_to_what_the_machine_supports(tmp_path, monkeypatch):
     assert PSFTConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is False
 
 
+def test_unset_bf16_follows_the_accelerate_launch(tmp_path, monkeypatch):
+    """`accelerate launch` with `mixed_precision: bf16` (examples/accelerate/zero*.yaml) puts bf16 in DeepSpeed's
+    config: the Trainer's bf16 must agree, or transformers refuses the run; an explicit value still wins."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert PSFTConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is True
+    assert PSFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).bf16 is False
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    fake_bf16_gpu(monkeypatch)
+    assert PSFTConfig(output_dir=str(tmp_path)).bf16 is False
+
+
 def test_no_checkpointing_deprecation_warning_unless_the_user_sets_the_old_name(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
