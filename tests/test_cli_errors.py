@@ -418,7 +418,7 @@ def test_ctrl_c_stops_with_one_line_naming_the_last_complete_checkpoint(tmp_path
             "psft eval: error: argument --n: invalid int value",
         ),
         (["demo", "--quik"], "psft demo: error: unrecognized arguments: --quik; did you mean '--quick'?"),
-        (["compare"], "psft compare: error: the following arguments are required: --config"),
+        (["compare"], "psft compare: error: one of the arguments --config --report is required"),
         (["rl", "--max_stepz", "3", "--use_cpu", "true", "--bf16", "false"], "did you mean '--max_steps'?"),
     ],
 )
