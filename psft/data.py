@@ -24,6 +24,19 @@ JSON_WHITESPACE = " \t\r\n"  # what JSON (and so a blank JSONL line) may hold be
 SKIP_HINT = "; fix the record or set skip_invalid_records=true to skip invalid records"
 
 
+def local_file_extension(name: str) -> str | None:
+    """The extension of `name` when it names a local data file (`.json`, `.jsonl` or `.parquet`, which must
+    exist), None when it is not a path (a hub dataset name); an error for a missing file or another type."""
+    extension = os.path.splitext(name)[1].lower()
+    if extension not in LOCAL_BUILDERS and not os.path.exists(name):
+        return None
+    if not os.path.isfile(name):
+        raise UserError(f"{name}: no such data file")
+    if extension not in LOCAL_BUILDERS:
+        raise UserError(f"{name}: unsupported file type; use .json, .jsonl or .parquet")
+    return extension
+
+
 def load_sft_dataset(
     name_or_path: str,
     config: str | None = None,
@@ -36,12 +49,8 @@ def load_sft_dataset(
     check every record is one TRL trains on (`validate_records`); with `skip_invalid`, drop and count bad ones."""
     if is_builtin(name_or_path):
         return builtin_dataset(name_or_path[len(BUILTIN_PREFIX) :], split)
-    extension = os.path.splitext(name_or_path)[1].lower()
-    if extension in LOCAL_BUILDERS or os.path.exists(name_or_path):
-        if not os.path.isfile(name_or_path):
-            raise UserError(f"{name_or_path}: no such data file")
-        if extension not in LOCAL_BUILDERS:
-            raise UserError(f"{name_or_path}: unsupported file type; use .json, .jsonl or .parquet")
+    extension = local_file_extension(name_or_path)
+    if extension is not None:
         lines = extension == ".jsonl" or (extension == ".json" and json_file_is_lines(name_or_path))
         bad_lines = check_jsonl(name_or_path, text_field, skip_invalid) if lines else []
         if bad_lines and not streaming:

@@ -27,7 +27,7 @@ from trl.data_utils import common_prefix_length, extract_prompt, is_conversation
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from psft.args import parse_config_and_flags
-from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_builtin
+from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_builtin, local_file_extension
 from psft.errors import UserError
 from psft.logprobs import ensure_fused_head, label_log_probs
 from psft.records import record_problem
@@ -189,12 +189,8 @@ def load_preference_dataset(name: str, split: str = "train", config: str | None 
             raise UserError(f"{name}: no split {split!r}; built-in datasets have train and test")
         size = IN_DOMAIN_TRAIN_SIZE if split == "train" else BUILTIN_TEST_SIZE
         return Dataset.from_list(PREFERENCE_TASKS[task](size, seed=0, split=split))
-    extension = os.path.splitext(name)[1].lower()
-    if extension in LOCAL_BUILDERS or os.path.exists(name):
-        if not os.path.isfile(name):
-            raise UserError(f"{name}: no such data file")
-        if extension not in LOCAL_BUILDERS:
-            raise UserError(f"{name}: unsupported file type; use .json, .jsonl or .parquet")
+    extension = local_file_extension(name)
+    if extension is not None:
         if extension == ".jsonl":
             check_preference_jsonl(name)
         try:
