@@ -50,7 +50,9 @@ def run_command(name: str, command: Callable[[], int | None]) -> int:
         return 2
     except KeyboardInterrupt as err:
         detail = first_line(err) if str(err) else "stopped by Ctrl-C"
-        print(f"psft {name}: interrupted: {detail}", file=sys.stderr)
+        # in a terminal Ctrl-C lands mid-line (after ^C or a progress bar): start the line afresh there
+        start = "\n" if sys.stderr.isatty() else ""
+        print(f"{start}psft {name}: interrupted: {detail}", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except OSError as err:  # disk full, permissions, a model the hub or the disk does not have
         print(f"psft {name}: error: {first_line(err)}", file=sys.stderr)
