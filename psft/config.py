@@ -28,8 +28,10 @@ class PSFTConfig(SFTConfig):
 
     Parameters:
         loss_type (`str`, *optional*, defaults to `"psft"`):
-            Registered objective (see `psft.losses.LOSSES`): `"psft"` (clipped surrogate against the old
-            policy), `"sft"` (NLL; `"nll"` is an alias), `"dft"` (Dynamic Fine-Tuning).
+            Registered objective (see `psft.losses.LOSSES` and docs/baselines.md): `"psft"` (clipped surrogate
+            against the old policy), `"sft"` (NLL; `"nll"` is an alias), `"dft"` (Dynamic Fine-Tuning), `"sft_kl"`,
+            `"asft"` (DFT + full-vocabulary KL to the reference), `"asft_label_kl"` (its label-token estimate),
+            `"eaft"`.
         epsilon (`float`, *optional*, defaults to `0.2`):
             Lower clip of the ratio, `1 - epsilon`. With advantage +1 it never stops a gradient; it only sets
             the `clip_ratio/low` metric.
@@ -56,13 +58,24 @@ class PSFTConfig(SFTConfig):
         eaft_alpha (`float`, *optional*, defaults to `1.0`):
             Exponent of the normalised entropy that weights each token's NLL in `loss_type="eaft"` (the EAFT
             authors' default).
+        eaft_entropy (`str`, *optional*, defaults to `"topk"`):
+            The entropy weighting `loss_type="eaft"`: `"topk"` is LLaMA-Factory's (added by an EAFT author), the
+            entropy of the top-20 logits renormalised, divided by 3.0; `"full"` is the entropy of the whole
+            distribution divided by ln(vocabulary size), a different weight (several times smaller on real
+            vocabularies, with another ordering of tokens).
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Turn off the model's dropout before training (every `torch.nn.Dropout` and the `attention_dropout` rate
+            of HF attention layers), as TRL's DPO/GRPO trainers do, for every objective so comparisons stay fair. With
+            dropout on, `psft`'s ratio compares a dropout-free old-policy pass with a training forward with dropout,
+            so it is far from 1 on an unchanged model and the trust region clips noise (a warning says so).
         reference (`str`, *optional*, defaults to `"auto"`):
-            Where reference log-probs (`sft_kl`, `asft`, `old_policy="fixed"`) come from, without a second
-            model in memory by default: `"precompute"` computes the initial model's per-token log-probs on the
-            training data once before training and stores them (4 bytes a token, cached in
-            `output_dir/reference_log_probs.pt`); `"adapter"` uses the model with its PEFT adapter disabled;
-            `"copy"` keeps a frozen copy of the initial model (twice the weights in memory). `"auto"` is
-            `"adapter"` for PEFT models and `"precompute"` otherwise.
+            Where the reference (initial) model's outputs (`sft_kl`, `asft`, `asft_label_kl`,
+            `old_policy="fixed"`) come from, without a second model in memory by default: `"precompute"` computes
+            the initial model's per-token log-probs on the training data once before training and stores them (4
+            bytes a token, cached in `output_dir/reference_log_probs.pt`); `"adapter"` uses the model with its PEFT
+            adapter disabled; `"copy"` keeps a frozen copy of the initial model (twice the weights in memory).
+            `"auto"` is `"adapter"` for PEFT models, else `"precompute"`, except for `asft`, which needs the
+            reference's whole next-token distribution (a live forward, not the table): `"copy"` there.
         skip_invalid_records (`bool`, *optional*, defaults to `False`):
             Invalid training records (missing or mistyped fields, empty completions, unknown roles, bad JSONL
             lines, records whose loss tokens are all cut by `max_length`) are an error naming the first one.
@@ -145,11 +158,26 @@ class PSFTConfig(SFTConfig):
         default=1.0,
         metadata={"help": "Exponent of the normalised entropy weighting each token in loss_type='eaft'."},
     )
+    eaft_entropy: str = field(
+        default="topk",
+        metadata={
+            "help": "EAFT weight: 'topk' (LLaMA-Factory: top-20 renormalised entropy / 3.0) or 'full' "
+            "(whole-vocabulary entropy / ln V).",
+            "choices": ["topk", "full"],
+        },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Turn the model's dropout off before training (as TRL's DPO/GRPO); with it on, psft's ratios "
+            "include dropout noise."
+        },
+    )
     reference: str = field(
         default="auto",
         metadata={
             "help": "Source of reference log-probs: 'precompute' (stored once), 'adapter' (PEFT adapter disabled), "
-            "'copy' (frozen model copy, 2x weights), 'auto' (adapter with PEFT, else precompute).",
+            "'copy' (frozen model copy, 2x weights), 'auto' (adapter with PEFT, else precompute; copy for asft).",
             "choices": ["auto", "precompute", "adapter", "copy"],
         },
     )
@@ -195,6 +223,8 @@ class PSFTConfig(SFTConfig):
             raise UserError(f"rollout_epochs must be >= 1, got {self.rollout_epochs}")
         if self.old_policy not in ("rollout", "fixed"):
             raise UserError(f"old_policy must be 'rollout' or 'fixed', got {self.old_policy!r}")
+        if self.eaft_entropy not in ("topk", "full"):
+            raise UserError(f"eaft_entropy must be 'topk' or 'full', got {self.eaft_entropy!r}")
         if self.reference not in ("auto", "precompute", "adapter", "copy"):
             raise UserError(f"reference must be auto, precompute, adapter or copy, got {self.reference!r}")
         if self.sft_warmup_steps < 0:
@@ -255,7 +285,16 @@ class PSFTConfig(SFTConfig):
     def needs_reference(self) -> bool:
         """Whether training needs the reference (initial) model's log-probs."""
         spec = get_loss(self.loss_type)
-        return "ref_log_probs" in spec.tensors or (self.old_policy == "fixed" and self.needs_old_log_probs)
+        return (
+            "ref_log_probs" in spec.tensors
+            or self.needs_reference_logits
+            or (self.old_policy == "fixed" and self.needs_old_log_probs)
+        )
+
+    @property
+    def needs_reference_logits(self) -> bool:
+        """Whether the objective reads the reference's whole next-token distribution (a live reference forward)."""
+        return "ref_logits" in get_loss(self.loss_type).tensors
 
 
 def accelerator_available() -> bool:

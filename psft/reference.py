@@ -9,15 +9,20 @@ copy of the model. Each process scores a shard of the data; the shards are then 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from torch import Tensor
 
 from psft.errors import UserError
+from psft.logprobs import label_log_probs
 
 
 def _targets(batch: dict[str, Tensor]) -> Tensor:
@@ -85,3 +90,66 @@ class ReferenceTable:
         table = cls()
         table.rows = torch.load(path, weights_only=True)
         return table
+
+
+# ------------------------------------------------------------------ live reference (whole distribution)
+def next_token_logits(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[Tensor, Any]:
+    """`model`'s plain forward (not TRL's fused head) on `inputs` without their labels: `(logits, output)` with the
+    logits `(batch, seq - 1, vocab)` of each next-token target (`(batch, seq, vocab)` for `shift_labels`), in the
+    model's dtype. One path for the trained model and the reference where the whole distribution is needed
+    (`asft`, `eaft`); it builds the full logits, as a plain `transformers` forward does."""
+    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+    output = model(**kwargs, use_cache=False)
+    logits = output.logits
+    return (logits if "shift_labels" in inputs else logits[:, :-1]), output
+
+
+def vocabulary_size(model: torch.nn.Module) -> int:
+    """Rows of `model`'s next-token distribution (its text config's `vocab_size`, kept up to date by
+    `resize_token_embeddings`)."""
+    causal_lm = model.get_base_model() if is_peft_model(model) else model
+    return causal_lm.config.get_text_config().vocab_size
+
+
+class ReferenceSource:
+    """The reference (initial) model, live: one source for its label log-probs and its whole next-token distribution.
+
+    Either a frozen copy of the starting model (`model`), or the trained PEFT model itself with its adapter disabled
+    for the call (`adapter=model`, as TRL's trainers do). The precomputed `ReferenceTable` stores only the loss
+    tokens' log-probs, so it can serve `label_log_probs` consumers (`sft_kl`, `asft_label_kl`, a fixed old policy)
+    but not the distribution `asft` needs. Both calls run in eval mode without gradient.
+    """
+
+    def __init__(self, model: torch.nn.Module, adapter: torch.nn.Module | None = None) -> None:
+        self.model, self.adapter = model, adapter
+
+    @contextmanager
+    def _active(self) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.adapter.disable_adapter() if self.adapter is not None else contextlib.nullcontext():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def label_log_probs(self, inputs: dict[str, Any]) -> Tensor:
+        """Float32 log-probs of the labels, exactly as `psft.logprobs.label_log_probs` computes the policy's."""
+        with self._active():
+            return label_log_probs(self.model, inputs)
+
+    @torch.no_grad()
+    def logits(self, inputs: dict[str, Any]) -> Tensor:
+        """Next-token logits `(batch, seq - 1, vocab)` at every position (`next_token_logits`), model dtype."""
+        with self._active():
+            return next_token_logits(self.model, inputs)[0]
+
+
+def check_reference_vocabulary(reference: torch.nn.Module, model: torch.nn.Module) -> None:
+    """A reference whose vocabulary differs from the model's cannot give a KL over the same tokens: one line."""
+    ours, theirs = vocabulary_size(model), vocabulary_size(reference)
+    if ours != theirs:
+        raise UserError(
+            f"the reference model's vocabulary ({theirs} tokens) differs from the trained model's ({ours}): set "
+            "reference to 'copy' (a frozen copy of the starting model) or 'adapter' (PEFT), not another model"
+        )

@@ -33,12 +33,13 @@ from transformers.trainer_utils import has_length
 from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
+from trl.trainer.utils import disable_dropout_in_model
 
 from psft.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.errors import UserError
 from psft.logprobs import label_log_probs, policy_forward
-from psft.losses import get_loss, token_mean
-from psft.reference import ReferenceTable
+from psft.losses import full_entropy, get_loss, label_log_probs_from_logits, token_mean
+from psft.reference import ReferenceSource, ReferenceTable, check_reference_vocabulary, next_token_logits
 from psft.reliability import ReliabilityMixin
 from psft.tiny import resolve_model_name
 
@@ -46,7 +47,10 @@ logger = logging.get_logger(__name__)
 
 OLD_LOG_PROBS = "old_log_probs"
 REF_LOG_PROBS = "ref_log_probs"
-NORMALIZED_ENTROPY = "normalized_entropy"  # per-token entropy / ln(vocabulary), from the training forward
+LOGITS, REF_LOGITS = (
+    "logits",
+    "ref_logits",
+)  # next-token logits (batch, seq, vocab), for objectives that need them
 REFERENCE_FILE = "reference_log_probs.pt"
 LARGE_RATIO = 100.0
 LARGE_RATIO_NOTE = (
@@ -99,9 +103,15 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         finally:
             args.loss_type = loss_type
         self.loss_spec = get_loss(loss_type)
+        if args.disable_dropout:
+            disable_dropout(self.model)
+        elif args.needs_old_log_probs and has_dropout(self.model):
+            logger.warning_once(DROPOUT_NOTE.format(loss_type=loss_type))
         self.reference = self._reference_mode()
         # a frozen copy of the initial model, only with `reference="copy"`
         self._ref_model = self._frozen_copy() if self.reference == "copy" and args.needs_reference else None
+        if self._ref_model is not None:
+            check_reference_vocabulary(self._ref_model, self.accelerator.unwrap_model(self.model))
         self._ref_table: ReferenceTable | None = (
             None  # with `reference="precompute"`, built when training starts
         )
@@ -263,7 +273,14 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         mode = self.args.reference
         peft = is_peft_model(self.model)
         if mode == "auto":
-            mode = "adapter" if peft else "precompute"
+            # the table stores label log-probs only; the whole distribution needs a live reference
+            mode = "adapter" if peft else "copy" if self.args.needs_reference_logits else "precompute"
+        if mode == "precompute" and self.args.needs_reference_logits:
+            raise UserError(
+                f"reference='precompute' stores only the reference's label log-probs, but loss_type="
+                f"{self.args.loss_type!r} needs its whole next-token distribution: set reference to 'copy' (or "
+                "'adapter' with a PEFT model, or 'auto')"
+            )
         if mode == "adapter" and not peft:
             raise UserError(
                 "reference='adapter' needs a PEFT model (pass peft_config); use 'precompute' or 'copy'"
@@ -280,7 +297,9 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         that its pass computes what the training forward would with the initial parameters."""
         if not getattr(self._ref_model, "_psft_prepared", False):
             if self.is_deepspeed_enabled:
-                self._ref_engine = prepare_deepspeed(self._ref_model, self.accelerator)  # keeps its hooks alive
+                self._ref_engine = prepare_deepspeed(
+                    self._ref_model, self.accelerator
+                )  # keeps its hooks alive
                 self._ref_model = self._ref_engine.module
             elif self.is_fsdp_enabled:
                 self._ref_model = prepare_fsdp(self._ref_model, self.accelerator)
@@ -289,13 +308,30 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             self._ref_model._psft_prepared = True
         return self._ref_model
 
+    def _reference_source(self) -> ReferenceSource:
+        """The live reference: the model with its adapter disabled, or the prepared frozen copy."""
+        if self.reference == "adapter":
+            return ReferenceSource(self.model, adapter=self.accelerator.unwrap_model(self.model))
+        return ReferenceSource(self._prepared_reference_copy())
+
+    def _reference_logits(self, inputs: dict[str, Any], vocab: int) -> Tensor:
+        """The reference's next-token logits on one prepared micro-batch (in the training forward's autocast)."""
+        with self.compute_loss_context_manager(), self._engine_forward_context():
+            ref_logits = self._reference_source().logits(inputs)
+        if ref_logits.shape[-1] != vocab:
+            raise UserError(
+                f"the reference's next-token distribution has {ref_logits.shape[-1]} entries, the model's {vocab}: "
+                "set reference to 'copy' or 'adapter' so both share one vocabulary"
+            )
+        return ref_logits
+
     def _reference_log_probs(self, micro_batch: dict[str, Any]) -> Tensor:
         """The reference (initial) model's per-token log-probs on one micro-batch."""
-        if self.reference == "adapter":
-            with self.accelerator.unwrap_model(self.model).disable_adapter():
-                return self._log_probs(self.model, micro_batch)
-        if self.reference == "copy":
-            return self._log_probs(self._prepared_reference_copy(), micro_batch)
+        if self.reference in ("adapter", "copy"):
+            inputs = self._prepare_inputs(micro_batch)
+            inputs = {k: v for k, v in inputs.items() if k not in (OLD_LOG_PROBS, REF_LOG_PROBS)}
+            with self.compute_loss_context_manager(), self._engine_forward_context():
+                return self._reference_source().label_log_probs(inputs)
         if self._ref_table is None:
             self._ref_table = self._build_reference_table()
         return self._ref_table.lookup(micro_batch)
@@ -365,17 +401,23 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
                 self.args.loss_type = loss_type
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
-        outputs = policy_forward(model, inputs)  # the same call as the old and reference passes
+        spec = get_loss("sft") if self._in_warmup() else self.loss_spec
+        if (
+            LOGITS in spec.tensors
+        ):  # the whole distribution: a plain forward (full logits), chunked per-token math
+            outputs = _logits_outputs(model, inputs)
+        else:
+            outputs = policy_forward(model, inputs)  # the same call as the old and reference passes
         log_probs = outputs.log_probs
         mask = outputs.label_mask.to(log_probs.dtype)
-        spec = get_loss("sft") if self._in_warmup() else self.loss_spec
         available = {
             OLD_LOG_PROBS: log_probs.detach() if old_log_probs is None else old_log_probs,
             REF_LOG_PROBS: ref_log_probs,
         }
-        if NORMALIZED_ENTROPY in spec.tensors:
-            vocab = self.model.config.get_text_config().vocab_size
-            available[NORMALIZED_ENTROPY] = outputs.entropy.detach() / math.log(vocab)
+        if LOGITS in spec.tensors:
+            available[LOGITS] = outputs.logits
+        if REF_LOGITS in spec.tensors:
+            available[REF_LOGITS] = self._reference_logits(inputs, outputs.logits.shape[-1])
         tensors = {name: available[name] for name in spec.tensors}
         hparams = {name: getattr(self.args, name) for name in spec.hparams}
         out = spec.fn(log_probs, mask, **tensors, **hparams)
@@ -475,6 +517,54 @@ def _warn_if_rollouts_are_cut(args: PSFTConfig, updates_per_epoch: int) -> None:
             + (" (every ratio is 1: this is SFT)" if updates_per_epoch == 1 else "")
             + "; lower mini_batches_per_rollout or the batch size to get K steps per rollout"
         )
+
+
+DROPOUT_NOTE = (
+    "disable_dropout=false with loss_type={loss_type!r} on a model with dropout: the old-policy pass runs without "
+    "dropout (eval mode) and the training forward with it, so every ratio includes dropout noise (far from 1 even on "
+    "an unchanged model) and the trust region clips noise. Set disable_dropout: true (the default)."
+)
+DROPOUT_ATTRIBUTES = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout", "activation_dropout")
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Turn off every dropout of `model`: TRL's `disable_dropout_in_model` (each `torch.nn.Dropout`, LoRA's included),
+    plus the float rates HF attention layers pass to their attention kernel (Llama's, Qwen's `attention_dropout`),
+    which are no modules and so escape TRL's helper."""
+    disable_dropout_in_model(model)
+    for module in model.modules():
+        for name in DROPOUT_ATTRIBUTES:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+
+
+def has_dropout(model: torch.nn.Module) -> bool:
+    """Whether any dropout of `model` (see `disable_dropout`) has a non-zero rate."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            return True
+        if any(
+            isinstance(getattr(module, n, None), float) and getattr(module, n) > 0 for n in DROPOUT_ATTRIBUTES
+        ):
+            return True
+    return False
+
+
+class _LogitsOutput:
+    """What `compute_loss` reads from a fused-head output, built from full logits (`_logits_outputs`)."""
+
+    def __init__(self, logits: Tensor, labels: Tensor, aux_loss: Any) -> None:
+        self.logits, self.aux_loss = logits, aux_loss
+        self.label_mask = labels != -100
+        self.log_probs = label_log_probs_from_logits(logits, labels, self.label_mask)
+        self.entropy = full_entropy(logits, self.label_mask)
+        self.is_top1 = (logits.argmax(-1) == labels) & self.label_mask
+
+
+def _logits_outputs(model: torch.nn.Module, inputs: dict[str, Any]) -> _LogitsOutput:
+    """The training forward of objectives that need the whole next-token distribution (`asft`, `eaft`)."""
+    logits, output = next_token_logits(model, inputs)
+    return _LogitsOutput(logits, _shifted_labels(inputs).to(logits.device), getattr(output, "aux_loss", None))
 
 
 def _shifted_labels(batch: dict[str, Any]) -> Tensor:

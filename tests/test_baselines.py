@@ -18,7 +18,7 @@ from trainer_support import (
 
 from psft import PSFTConfig
 from psft.errors import UserError
-from psft.losses import asft_loss, dft_loss, sft_kl_loss, sft_loss
+from psft.losses import asft_label_kl_loss, dft_loss, sft_kl_loss, sft_loss
 from psft.reference import ReferenceTable
 from psft.tiny import make_tiny_llama
 
@@ -45,9 +45,9 @@ def test_sft_kl_per_token_loss_and_gradient_match_hand_derivation():
     torch.testing.assert_close(out.metrics["kl_ref"], k3)
 
 
-def test_asft_per_token_loss_and_gradient_match_hand_derivation():
+def test_asft_label_kl_per_token_loss_and_gradient_match_hand_derivation():
     log_probs = _leaf(P.log().tolist())
-    out = asft_loss(log_probs, MASK, ref_log_probs=Q.log(), asft_lambda=0.1)
+    out = asft_label_kl_loss(log_probs, MASK, ref_log_probs=Q.log(), asft_lambda=0.1)
     # k3 on x = log(p/q): p/q - log(p/q) - 1; loss = -sg(p) log p + lambda * k3
     k3 = P / Q - (P / Q).log() - 1
     torch.testing.assert_close(out.per_token, (-P * P.log() + 0.1 * k3) * MASK)
@@ -59,7 +59,7 @@ def test_asft_per_token_loss_and_gradient_match_hand_derivation():
 def test_zero_kl_weight_reduces_to_sft_and_dft_exactly():
     for loss, base, kwargs in (
         (sft_kl_loss, sft_loss, {"beta": 0.0}),
-        (asft_loss, dft_loss, {"asft_lambda": 0.0}),
+        (asft_label_kl_loss, dft_loss, {"asft_lambda": 0.0}),
     ):
         a, b = _leaf(P.log().tolist()), _leaf(P.log().tolist())
         loss(a, MASK, ref_log_probs=Q.log(), **kwargs).per_token.sum().backward()
@@ -109,7 +109,7 @@ def test_reference_sources_agree_precompute_copy_and_disabled_adapter(tmp_path):
     refs = {}
     for mode in ("precompute", "copy"):
         trainer = make_trainer(
-            tmp_path / mode, trainer_cls=Recorder, loss_type="asft", reference=mode, max_steps=3
+            tmp_path / mode, trainer_cls=Recorder, loss_type="asft_label_kl", reference=mode, max_steps=3
         )
         trainer.train()
         refs[mode] = [r["ref"] for r in trainer.records]
@@ -118,7 +118,9 @@ def test_reference_sources_agree_precompute_copy_and_disabled_adapter(tmp_path):
         torch.testing.assert_close(a[m], b[m], atol=1e-5, rtol=1e-5)
 
     args = PSFTConfig(
-        **common_args(output_dir=str(tmp_path / "lora"), loss_type="asft", max_steps=3, learning_rate=5e-2)
+        **common_args(
+            output_dir=str(tmp_path / "lora"), loss_type="asft_label_kl", max_steps=3, learning_rate=5e-2
+        )
     )
     lora = Recorder(
         model=make_tiny_llama(TOKENIZER, seed=0),

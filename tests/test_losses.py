@@ -88,5 +88,5 @@ def test_registry_lists_the_objectives_and_rejects_duplicates_and_unknown_names(
     assert set(get_loss("psft").hparams) == {"epsilon", "epsilon_high", "log_ratio_clip"}
     with pytest.raises(ValueError, match="already registered"):
         register_loss("sft")(sft_loss)
-    with pytest.raises(ValueError, match="registered: asft, dft, eaft, psft, sft, sft_kl"):
+    with pytest.raises(ValueError, match="registered: asft, asft_label_kl, dft, eaft, psft, sft, sft_kl"):
         get_loss("nope")
