@@ -37,7 +37,7 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from psft.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.errors import UserError
-from psft.logprobs import label_log_probs, policy_forward
+from psft.logprobs import ensure_fused_head, label_log_probs, policy_forward
 from psft.losses import full_entropy, get_loss, label_log_probs_from_logits, token_mean
 from psft.reference import ReferenceSource, ReferenceTable, check_reference_vocabulary, next_token_logits
 from psft.reliability import ReliabilityMixin
@@ -289,6 +289,10 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
 
     def _frozen_copy(self) -> torch.nn.Module:
         model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        # TRL's fused head closes over the original model's forward: without it, the copy's plain forward (the whole
+        # distribution, `asft`) would run the trained model. Patch the copy afresh.
+        model.__dict__.pop("forward", None)
+        ensure_fused_head(model)
         model.requires_grad_(False)
         return model.eval()
 
