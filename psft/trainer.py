@@ -47,10 +47,8 @@ logger = logging.get_logger(__name__)
 
 OLD_LOG_PROBS = "old_log_probs"
 REF_LOG_PROBS = "ref_log_probs"
-LOGITS, REF_LOGITS = (
-    "logits",
-    "ref_logits",
-)  # next-token logits (batch, seq, vocab), for objectives that need them
+# next-token logits (batch, seq, vocab) of the model and the reference (objectives needing the distribution)
+LOGITS, REF_LOGITS = "logits", "ref_logits"
 REFERENCE_FILE = "reference_log_probs.pt"
 LARGE_RATIO = 100.0
 LARGE_RATIO_NOTE = (
@@ -301,9 +299,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         that its pass computes what the training forward would with the initial parameters."""
         if not getattr(self._ref_model, "_psft_prepared", False):
             if self.is_deepspeed_enabled:
-                self._ref_engine = prepare_deepspeed(
-                    self._ref_model, self.accelerator
-                )  # keeps its hooks alive
+                self._ref_engine = prepare_deepspeed(self._ref_model, self.accelerator)  # keeps its hooks alive
                 self._ref_model = self._ref_engine.module
             elif self.is_fsdp_enabled:
                 self._ref_model = prepare_fsdp(self._ref_model, self.accelerator)
@@ -406,9 +402,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
         spec = get_loss("sft") if self._in_warmup() else self.loss_spec
-        if (
-            LOGITS in spec.tensors
-        ):  # the whole distribution: a plain forward (full logits), chunked per-token math
+        if LOGITS in spec.tensors:  # the whole distribution: a plain forward (full logits), chunked math
             outputs = _logits_outputs(model, inputs)
         else:
             outputs = policy_forward(model, inputs)  # the same call as the old and reference passes

@@ -72,7 +72,8 @@ def test_topk_and_full_entropy_weights_differ_in_size_and_order_on_peaked_distri
     logits[0, 1, 0], logits[0, 1, 1:] = 8.0, 2.0  # one leader, a heavy flat tail of 999 tokens
     labels = torch.tensor([[3, 0]])
     weights = {
-        mode: _ours(logits, labels, eaft_entropy=mode)[1].metrics["eaft_weight"][0] for mode in ("topk", "full")
+        mode: _ours(logits, labels, eaft_entropy=mode)[1].metrics["eaft_weight"][0]
+        for mode in ("topk", "full")
     }
     # by hand: row 0's top 20 are uniform, so its top-20 entropy is ln 20 and the weight ln(20) / 3
     assert weights["topk"][0].item() == pytest.approx(math.log(20) / 3.0, rel=1e-5)

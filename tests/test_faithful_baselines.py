@@ -83,7 +83,9 @@ def test_asft_kl_gradient_is_p_minus_q_and_zero_at_the_reference():
     log_probs = label_log_probs_from_logits(logits, labels, mask)
     a = asft_loss(log_probs, mask.float(), logits, ref_logits, asft_lambda=0.0).per_token.sum()
     b = dft_loss(log_probs, mask.float()).per_token.sum()
-    assert torch.equal(torch.autograd.grad(a, logits, retain_graph=True)[0], torch.autograd.grad(b, logits)[0])
+    assert torch.equal(
+        torch.autograd.grad(a, logits, retain_graph=True)[0], torch.autograd.grad(b, logits)[0]
+    )
 
 
 def _verl_sft_kl(log_probs, ref_log_probs, mask, beta):
@@ -167,7 +169,9 @@ def _dropout_trainer(tmp_path, **overrides):
             **overrides,
         )
     )
-    return PSFTTrainer(model=model, args=args, train_dataset=prompt_completion_data(), processing_class=TOKENIZER)
+    return PSFTTrainer(
+        model=model, args=args, train_dataset=prompt_completion_data(), processing_class=TOKENIZER
+    )
 
 
 def test_dropout_is_off_by_default_so_an_unchanged_model_has_ratio_exactly_one(tmp_path, caplog):
@@ -204,17 +208,25 @@ def test_a_reference_that_cannot_be_formed_stops_before_training_naming_the_fiel
 
 def test_adapter_reference_gives_the_base_models_distribution(tmp_path):
     torch.set_num_threads(1)
-    args = PSFTConfig(**common_args(output_dir=str(tmp_path), loss_type="asft", max_steps=2, learning_rate=5e-2))
+    args = PSFTConfig(
+        **common_args(output_dir=str(tmp_path), loss_type="asft", max_steps=2, learning_rate=5e-2)
+    )
     trainer = PSFTTrainer(
         model=make_tiny_llama(TOKENIZER, seed=0),
         args=args,
         train_dataset=prompt_completion_data(),
         processing_class=TOKENIZER,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        peft_config=LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        ),
     )
     assert trainer.reference == "adapter"
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "labels": batch["labels"],
+    }
     ref = trainer._reference_source().logits(inputs)
     base = make_tiny_llama(TOKENIZER, seed=0).eval()
     with torch.no_grad():
