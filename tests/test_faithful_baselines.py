@@ -235,3 +235,23 @@ def test_adapter_reference_gives_the_base_models_distribution(tmp_path):
     torch.testing.assert_close(ref, expected, rtol=1e-5, atol=1e-5)
     assert (adapted[:, :-1] - expected).abs().max() > 1e-3  # the adapter does change the model
     assert isinstance(trainer._reference_source(), ReferenceSource)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16_autocast"])
+def test_unchanged_model_has_full_vocabulary_kl_exactly_zero(tmp_path, bf16):
+    """lr 0: the frozen copy's distribution is the trained model's, bit for bit, under autocast too."""
+    torch.set_num_threads(1)
+    args = PSFTConfig(
+        **common_args(
+            output_dir=str(tmp_path / "out"), loss_type="asft", learning_rate=0.0, max_steps=4, bf16=bf16
+        )
+    )
+    trainer = PSFTTrainer(
+        model=make_tiny_llama(TOKENIZER, seed=0),
+        args=args,
+        train_dataset=prompt_completion_data(),
+        processing_class=TOKENIZER,
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "nll" in log]
+    assert [log["kl_ref"] for log in logs] == [0.0] * 4
