@@ -30,9 +30,9 @@ from psft.args import parse_config_and_flags
 from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_builtin, local_file_extension
 from psft.errors import UserError
 from psft.logprobs import ensure_fused_head, label_log_probs
+from psft.models import load_model, load_tokenizer, resolve_model_name
 from psft.records import record_problem
 from psft.stage import StageEval, format_report, parse_checkpoints, parse_stage_command, run_chain
-from psft.tiny import resolve_model_name
 
 # fields of the DPO run written to the report, so that runs can be compared
 BUDGET_FIELDS = (
@@ -346,11 +346,8 @@ class PreferenceProbe:
         )
         self.base: tuple[torch.Tensor, torch.Tensor] | None = None
         if base_model is not None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            path = resolve_model_name(base_model)
-            model = AutoModelForCausalLM.from_pretrained(path)
-            self.base = pair_log_probs(model, AutoTokenizer.from_pretrained(path), rows, **self.score)
+            model = load_model(base_model)
+            self.base = pair_log_probs(model, load_tokenizer(base_model), rows, **self.score)
         self.starts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, model: Any, tokenizer: Any, name: str, phase: str) -> dict[str, Any]:

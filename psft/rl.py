@@ -25,6 +25,7 @@ from psft.data import is_builtin
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.eval.records import load_records
+from psft.models import resolve_model_name
 from psft.rewards import checker_reward, format_reward
 from psft.stage import (
     StageEval,
@@ -34,7 +35,6 @@ from psft.stage import (
     parse_stage_command,
     run_chain,
 )
-from psft.tiny import resolve_model_name
 
 # fields of the RL budget written to the report, so that runs can be compared
 BUDGET_FIELDS = (

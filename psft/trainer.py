@@ -38,9 +38,9 @@ from psft.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.errors import UserError
 from psft.logprobs import label_log_probs, policy_forward
 from psft.losses import get_loss, token_mean
+from psft.models import resolve_model_name
 from psft.reference import ReferenceTable
 from psft.reliability import ReliabilityMixin
-from psft.tiny import resolve_model_name
 
 logger = logging.get_logger(__name__)
 
