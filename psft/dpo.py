@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset
 from trl import DPOConfig, ModelConfig, TrlParser, get_peft_config
 from trl.data_utils import common_prefix_length, extract_prompt, is_conversational
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from psft.args import parse_config_and_flags
-from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_builtin, local_file_extension
 from psft.errors import UserError
 from psft.logprobs import ensure_fused_head, label_log_probs
 from psft.models import load_model, load_tokenizer, resolve_model_name
 from psft.records import record_problem
+from psft.sources import BUILTIN_TEST_SIZE, check_builtin_task, read_dataset, resolve_source
 from psft.stage import StageEval, format_report, parse_checkpoints, parse_stage_command, run_chain
 
 # fields of the DPO run written to the report, so that runs can be compared
@@ -179,28 +179,17 @@ def load_preference_dataset(name: str, split: str = "train", config: str | None 
     checked (`preference_problem`): a bad one is a `UserError` naming its line or index and field."""
     from psft.tasks import IN_DOMAIN_TRAIN_SIZE, PREFERENCE_TASKS, TASKS
 
-    if is_builtin(name):
-        task = name[len(BUILTIN_PREFIX) :]
-        if task not in PREFERENCE_TASKS:
-            known = ", ".join(BUILTIN_PREFIX + t for t in PREFERENCE_TASKS)
-            hint = " (an SFT task)" if task in TASKS else ""
-            raise UserError(f"{name}: not a built-in preference dataset{hint}; built-in: {known}")
+    source = resolve_source(name)
+    if source.kind == "builtin":
+        hint = " (an SFT task)" if source.task in TASKS else ""
+        task = check_builtin_task(name, list(PREFERENCE_TASKS), "built-in preference dataset", hint)
         if split not in ("train", "test"):
             raise UserError(f"{name}: no split {split!r}; built-in datasets have train and test")
         size = IN_DOMAIN_TRAIN_SIZE if split == "train" else BUILTIN_TEST_SIZE
         return Dataset.from_list(PREFERENCE_TASKS[task](size, seed=0, split=split))
-    extension = local_file_extension(name)
-    if extension is not None:
-        if extension == ".jsonl":
-            check_preference_jsonl(name)
-        try:
-            dataset = load_dataset(LOCAL_BUILDERS[extension], data_files=name, split="train")
-        except Exception as err:  # datasets wraps parse errors in several exception types
-            raise UserError(f"{name}: cannot be read as {extension[1:]}: {str(err).splitlines()[0]}") from err
-    else:
-        dataset = load_dataset(name, name=config, split=split)
-    if isinstance(dataset, DatasetDict):
-        raise UserError(f"{name}: no split {split!r}; it has {', '.join(dataset)}")
+    if source.kind == "file" and source.extension == ".jsonl":
+        check_preference_jsonl(name)
+    dataset = read_dataset(source, split, config)
     return _validated(dataset, name)
 
 

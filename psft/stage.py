@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from psft.data import builtin_rows, is_builtin
 from psft.errors import UserError
 from psft.eval.entropy import mean_token_entropy
 from psft.eval.generate import evaluate_generation
 from psft.eval.records import load_rows
 from psft.models import load_model, load_tokenizer
 from psft.rewards import completion_text
+from psft.sources import builtin_rows, is_builtin
 
 # probe(model, tokenizer, checkpoint name, "before" | "after") -> the stage's own metrics
 Probe = Callable[[Any, Any, str, str], dict[str, Any]]
