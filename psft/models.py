@@ -83,7 +83,9 @@ def _first_line(err: BaseException) -> str:
 _CHECKED: set[tuple[str, str | None]] = set()
 
 
-def check_hub_model(name: str, revision: str | None = None, trust_remote_code: bool = False, what: str = "") -> None:
+def check_hub_model(
+    name: str, revision: str | None = None, trust_remote_code: bool = False, what: str = ""
+) -> None:
     """Fail fast, with one line, when hub model `name` cannot be loaded: not cached and the hub offline
     (`HF_HUB_OFFLINE`) or unreachable, or no such model on the hub. Reads one small file (config.json)."""
     from huggingface_hub import constants
@@ -164,5 +166,7 @@ def load_model(name: str, dtype: Any = None, **kwargs: Any) -> Any:
 
 def load_model_and_tokenizer(name: str, dtype: Any = None, **kwargs: Any) -> tuple[Any, Any]:
     """`(load_model(name, dtype), load_tokenizer(name))` with the same `kwargs` (revision, gguf_file, ...)."""
-    tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code", "gguf_file")}
+    tokenizer_kwargs = {
+        k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code", "gguf_file")
+    }
     return load_model(name, dtype, **kwargs), load_tokenizer(name, **tokenizer_kwargs)

@@ -115,7 +115,8 @@ def read_dataset(
             return load_dataset(
                 LOCAL_BUILDERS[source.extension], data_files=source.name, split="train", streaming=streaming
             )
-        except (DatasetsError, ArrowException, OSError, ValueError) as err:  # parse errors come wrapped in these
+        # datasets wraps parse errors in these (pyarrow's ArrowInvalid, DatasetGenerationError, ...)
+        except (DatasetsError, ArrowException, OSError, ValueError) as err:
             raise UserError(
                 f"{source.name}: cannot be read as {source.extension[1:]}: {_first_line(err)}"
             ) from err
