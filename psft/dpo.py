@@ -14,6 +14,7 @@ margin on held-out pairs beside accuracy, entropy and drift.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import trl
 from datasets import Dataset
 from trl import DPOConfig, ModelConfig, TrlParser, get_peft_config
-from trl.data_utils import common_prefix_length, extract_prompt, is_conversational
+from trl.data_utils import extract_prompt
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from psft.args import parse_config_and_flags
@@ -229,30 +231,52 @@ def run_dpo(
 # ---------------------------------------------------------------- preference metrics
 
 
-def tokenize_pair(tokenizer: Any, row: dict[str, Any]) -> dict[str, list[int]]:
-    """`prompt_ids`, `chosen_ids`, `rejected_ids` of one explicit-prompt record, as TRL 1.16's
-    `DPOTrainer._prepare_dataset` makes them (read there): chat template for conversational records, EOS
-    appended to plain completions, the completion starting where prompt and prompt+completion diverge."""
-    if is_conversational(row):
-        tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
-        kwargs = {"tools": tools, **(row.get("chat_template_kwargs") or {})}
+def tokenize_pairs(
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    max_length: int | None = None,
+    truncation_mode: str = "keep_start",
+) -> list[dict[str, list[int]]]:
+    """`prompt_ids`, `chosen_ids`, `rejected_ids` of explicit-prompt records, made by TRL's own dataset
+    preparation (`DPOTrainer._prepare_dataset`): chat template for conversational records, EOS appended to plain
+    completions, the completion starting where prompt and prompt+completion diverge, and (with `keep_start`) the
+    pairs whose prompt fills `max_length` left out, as TRL drops them.
 
-        def ids(messages: list, **extra: Any) -> list[int]:
-            return tokenizer.apply_chat_template(
-                messages, tokenize=True, return_dict=True, **kwargs, **extra
-            )["input_ids"]
+    Contract with TRL 1.16 (a private method, called unbound): `_prepare_dataset(self, dataset,
+    processing_class, args, dataset_name)` reads only `self._tokenizer` (its EOS) and `args.dataset_num_proc`,
+    `args.max_length`, `args.truncation_mode`, and needs no trained model; checked here by its signature so that
+    an upstream change fails loudly instead of scoring other tokens than DPO trains on."""
+    from types import SimpleNamespace
 
-        prompt = ids(row["prompt"], add_generation_prompt=True)
-        chosen, rejected = ids(row["prompt"] + row["chosen"]), ids(row["prompt"] + row["rejected"])
-    else:
-        eos = tokenizer.eos_token
-        prompt = tokenizer(text=row["prompt"])["input_ids"]
-        chosen, rejected = (
-            tokenizer(text=row["prompt"] + (c if c.endswith(eos) else c + eos))["input_ids"]
-            for c in (row["chosen"], row["rejected"])
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+    from trl import DPOTrainer
+
+    if not rows:
+        return []
+    prepare = DPOTrainer._prepare_dataset
+    expected = ["self", "dataset", "processing_class", "args", "dataset_name"]
+    if list(inspect.signature(prepare).parameters) != expected:
+        raise RuntimeError(
+            "psft's preference metrics rely on DPOTrainer._prepare_dataset of TRL 1.16 (arguments "
+            f"{expected}); this TRL ({trl.__version__}) changed it: install trl==1.16"
         )
-    n = min(common_prefix_length(prompt, chosen), common_prefix_length(prompt, rejected))
-    return {"prompt_ids": prompt[:n], "chosen_ids": chosen[n:], "rejected_ids": rejected[n:]}
+    args = SimpleNamespace(dataset_num_proc=None, max_length=max_length, truncation_mode=truncation_mode)
+    columns = [c for c in ("prompt", "chosen", "rejected", "tools", "chat_template_kwargs") if c in rows[0]]
+    dataset = Dataset.from_list([{c: row[c] for c in columns} for row in rows])
+    bars = is_progress_bar_enabled()
+    disable_progress_bar()  # a progress bar per scoring would drown the chain's lines
+    try:
+        prepared = prepare(SimpleNamespace(_tokenizer=tokenizer), dataset, tokenizer, args, "held-out")
+    finally:
+        if bars:
+            enable_progress_bar()
+    keys = ("prompt_ids", "chosen_ids", "rejected_ids")
+    return [{k: row[k] for k in keys} for row in prepared.select_columns(list(keys))]
+
+
+def tokenize_pair(tokenizer: Any, row: dict[str, Any]) -> dict[str, list[int]]:
+    """`tokenize_pairs` of one explicit-prompt record, untruncated."""
+    return tokenize_pairs(tokenizer, [row])[0]
 
 
 @torch.no_grad()
@@ -268,9 +292,7 @@ def pair_log_probs(
     """Summed log-probs `(chosen, rejected)` of each pair's completion tokens under `model`: DPO's sequence
     log-probs, tokenised, truncated and padded as `DPOTrainer` does (pairs whose prompt fills `max_length`
     are left out, as TRL drops them)."""
-    pairs = [tokenize_pair(tokenizer, row) for row in rows]
-    if max_length is not None and truncation_mode == "keep_start":
-        pairs = [p for p in pairs if len(p["prompt_ids"]) < max_length]
+    pairs = tokenize_pairs(tokenizer, rows, max_length, truncation_mode)
     if not pairs:
         raise UserError("preference metrics: no pair left to score (every prompt fills max_length)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

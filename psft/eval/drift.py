@@ -147,14 +147,14 @@ def compute_reference_stats(
 
 def load_reference_stats(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of a stats file; UserError if it is missing or not one."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     if not Path(path).is_file():
         raise UserError(f"drift stats file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except Exception as err:
+    except (SafetensorError, OSError) as err:  # a file that is not safetensors, or unreadable
         raise UserError(f"{path}: not a safetensors file: {err}") from err
     if meta.get("format") != FORMAT:
         raise UserError(f"{path}: not a psft drift stats file (format {meta.get('format')!r})")
