@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from psft.errors import UserError
+from psft.errors import UserError, first_line
 
 BUILTIN_PREFIX = "psft/"
 BUILTIN_MODEL_NAME = "psft/tiny-base"
@@ -75,11 +75,6 @@ def hub_unreachable() -> str | None:
     return None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 _CHECKED: set[tuple[str, str | None]] = set()
 
 
@@ -113,7 +108,7 @@ def check_hub_model(
             AutoConfig.from_pretrained(name, **kwargs)
         except (OSError, ValueError) as err:
             raise UserError(
-                f"{label}: not a local directory, and the hub has no such model ({_first_line(err)})"
+                f"{label}: not a local directory, and the hub has no such model ({first_line(err)})"
             ) from None
     _CHECKED.add((name, revision))
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from psft.errors import UserError
+from psft.errors import UserError, first_line
 
 BUILTIN_PREFIX = "psft/"  # `psft/<task>`: a task of the built-in synthetic suite (psft.tasks)
 BUILTIN_TEST_SIZE = 100
@@ -95,11 +95,6 @@ def builtin_rows(name: str, split: str = "train", fmt: str = "messages") -> list
     return [to_record(ex, fmt) for t in tasks for ex in generate(t, size, seed=0, split=split)]
 
 
-def _first_line(err: BaseException) -> str:
-    cause = err.__cause__ or err
-    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-
-
 def read_dataset(
     source: DataSource, split: str = "train", config: str | None = None, streaming: bool = False
 ) -> Any:
@@ -118,14 +113,14 @@ def read_dataset(
         # datasets wraps parse errors in these (pyarrow's ArrowInvalid, DatasetGenerationError, ...)
         except (DatasetsError, ArrowException, OSError, ValueError) as err:
             raise UserError(
-                f"{source.name}: cannot be read as {source.extension[1:]}: {_first_line(err)}"
+                f"{source.name}: cannot be read as {source.extension[1:]}: {first_line(err.__cause__ or err)}"
             ) from err
     if source.kind != "hub":
         raise ValueError(f"read_dataset reads files and hub datasets, not {source.kind} data")
     try:
         dataset = load_dataset(source.name, name=config, split=split, streaming=streaming)
     except ValueError as err:  # a configuration or split the dataset does not have
-        raise UserError(f"{source.name}: {_first_line(err)}") from None
+        raise UserError(f"{source.name}: {first_line(err.__cause__ or err)}") from None
     except (DatasetsError, OSError) as err:  # neither on disk nor on the hub (or the hub is unreachable)
         from huggingface_hub import constants
 
@@ -135,7 +130,7 @@ def read_dataset(
         found = f"the Hugging Face hub is unreachable ({why})" if why else "no hub dataset of that name"
         raise UserError(
             f"{source.name}: no such data file (looked for {os.path.abspath(source.name)}), and {found} "
-            f"({_first_line(err)}); local files need a .json, .jsonl or .parquet extension"
+            f"({first_line(err.__cause__ or err)}); local files need a .json, .jsonl or .parquet extension"
         ) from None
     if isinstance(dataset, DatasetDict):  # a hub dataset without the split asked for
         raise UserError(f"{source.name}: no split {split!r}; it has {', '.join(dataset)}")
