@@ -313,7 +313,7 @@ def run_method(
 ) -> dict[str, Any]:
     """Train one run (a method at one sweep point and seed) with periodic evaluation; return its record."""
     from datasets.utils.logging import disable_progress_bar
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
 
     from psft.config import PSFTConfig
@@ -321,7 +321,7 @@ def run_method(
     from psft.eval.callback import EvalCallback
     from psft.eval.checkers import infer_checker
     from psft.eval.records import load_records, render_text
-    from psft.tiny import resolve_model_name
+    from psft.models import load_model, load_tokenizer
     from psft.trainer import PSFTTrainer
 
     disable_progress_bar()  # per-run bars (tokenizing, loading weights) drown the progress lines
@@ -344,9 +344,8 @@ def run_method(
         args = PSFTConfig(**settings)
     except TypeError as err:
         raise UserError(f"method {run['name']!r}: {err}") from None
-    model_path = resolve_model_name(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=config.dtype)
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, config.dtype)
     train = load_sft_dataset(config.train_data)
     trainer = PSFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # raw log dicts every few steps; _Progress says what matters

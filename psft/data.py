@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+from datasets import Dataset, IterableDataset
 from transformers.utils import logging
 
 from psft.errors import UserError
-from psft.records import FORMATS, record_format, record_problem
+from psft.records import FORMATS, record_format, record_problem, write_jsonl  # noqa: F401  (write_jsonl: old import)
+from psft.sources import (  # noqa: F401  (the names below moved to psft.sources, the one data resolver)
+    BUILTIN_PREFIX,
+    BUILTIN_TEST_SIZE,
+    LOCAL_BUILDERS,
+    builtin_rows,
+    is_builtin,
+    local_file_extension,
+    read_dataset,
+    resolve_source,
+)
 
 logger = logging.get_logger(__name__)
 
-BUILTIN_PREFIX = "psft/"  # `psft/<task>`: a task of the built-in synthetic suite (psft.tasks)
-BUILTIN_TEST_SIZE = 100
-LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
 JSON_WHITESPACE = " \t\r\n"  # what JSON (and so a blank JSONL line) may hold between values
 SKIP_HINT = "; fix the record or set skip_invalid_records=true to skip invalid records"
-
-
-def local_file_extension(name: str) -> str | None:
-    """The extension of `name` when it names a local data file (`.json`, `.jsonl` or `.parquet`, which must
-    exist), None when it is not a path (a hub dataset name); an error for a missing file or another type."""
-    extension = os.path.splitext(name)[1].lower()
-    if extension not in LOCAL_BUILDERS and not os.path.exists(name):
-        return None
-    if not os.path.isfile(name):
-        raise UserError(f"{name}: no such data file")
-    if extension not in LOCAL_BUILDERS:
-        raise UserError(f"{name}: unsupported file type; use .json, .jsonl or .parquet")
-    return extension
 
 
 def load_sft_dataset(
@@ -47,49 +37,17 @@ def load_sft_dataset(
 ) -> Dataset | IterableDataset:
     """Load one split from a local file (by extension), the built-in suite (`psft/<task>`) or the hub, and
     check every record is one TRL trains on (`validate_records`); with `skip_invalid`, drop and count bad ones."""
-    if is_builtin(name_or_path):
-        return builtin_dataset(name_or_path[len(BUILTIN_PREFIX) :], split)
-    extension = local_file_extension(name_or_path)
-    if extension is not None:
+    source = resolve_source(name_or_path)
+    if source.kind == "builtin":
+        return builtin_dataset(name_or_path, split)
+    if source.kind == "file":
+        extension = source.extension
         lines = extension == ".jsonl" or (extension == ".json" and json_file_is_lines(name_or_path))
         bad_lines = check_jsonl(name_or_path, text_field, skip_invalid) if lines else []
         if bad_lines and not streaming:
             return Dataset.from_list(_jsonl_records(name_or_path, set(bad_lines)))
-        try:
-            dataset = load_dataset(
-                LOCAL_BUILDERS[extension], data_files=name_or_path, split="train", streaming=streaming
-            )
-        except Exception as err:  # datasets wraps parse errors in several exception types
-            raise UserError(f"{name_or_path}: cannot be read as {extension[1:]}: {_first_line(err)}") from err
-    else:
-        try:
-            dataset = load_dataset(name_or_path, name=config, split=split, streaming=streaming)
-        except OSError as err:  # neither on disk nor on the hub (or the hub is unreachable)
-            raise UserError(
-                f"{name_or_path}: no such data file (looked for {os.path.abspath(name_or_path)}), and no hub "
-                f"dataset of that name ({_first_line(err)}); local files need a .json, .jsonl or .parquet extension"
-            ) from None
-    if isinstance(dataset, DatasetDict):  # a hub dataset without the split asked for
-        raise UserError(f"{name_or_path}: no split {split!r}; it has {', '.join(dataset)}")
+    dataset = read_dataset(source, split, config, streaming)
     return validate_records(dataset, name_or_path, text_field, skip_invalid)
-
-
-def is_builtin(name: str) -> bool:
-    """Whether `name` is a dataset of the built-in suite (`psft/<task>`) rather than a local path."""
-    return name.startswith(BUILTIN_PREFIX) and not os.path.exists(name)
-
-
-def builtin_rows(name: str, split: str = "train", fmt: str = "messages") -> list[dict[str, Any]]:
-    """Records of `psft/<task>` (`psft/general`: every general task): the fixed training set or the held-out
-    test set, in a TRL format (`psft.tasks.to_record`), with `task`, `answer` and `checker` fields."""
-    from psft.tasks import GENERAL_TASKS, IN_DOMAIN_TRAIN_SIZE, generate, to_record
-
-    task = name[len(BUILTIN_PREFIX) :] if name.startswith(BUILTIN_PREFIX) else name
-    if split not in ("train", "test"):
-        raise UserError(f"{BUILTIN_PREFIX}{task}: no split {split!r}; built-in datasets have train and test")
-    size = IN_DOMAIN_TRAIN_SIZE if split == "train" else BUILTIN_TEST_SIZE
-    tasks = GENERAL_TASKS if task == "general" else (task,)
-    return [to_record(ex, fmt) for t in tasks for ex in generate(t, size, seed=0, split=split)]
 
 
 def builtin_dataset(task: str, split: str = "train") -> Dataset:
@@ -272,18 +230,3 @@ def check_format(dataset: Dataset | IterableDataset, source: str, text_field: st
 
 def _formats_help() -> str:
     return "; ".join(f"{name}: {', '.join(cols)}" for name, cols in FORMATS.items())
-
-
-def _first_line(err: BaseException) -> str:
-    cause = err.__cause__ or err
-    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """Write one JSON object per line (UTF-8), creating the parent directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path

@@ -14,6 +14,7 @@ margin on held-out pairs beside accuracy, entropy and drift.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,18 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
+import trl
+from datasets import Dataset
 from trl import DPOConfig, ModelConfig, TrlParser, get_peft_config
-from trl.data_utils import common_prefix_length, extract_prompt, is_conversational
+from trl.data_utils import extract_prompt
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from psft.args import parse_config_and_flags
-from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_builtin, local_file_extension
 from psft.errors import UserError
 from psft.logprobs import ensure_fused_head, label_log_probs
+from psft.models import load_model, load_tokenizer, resolve_model_name
 from psft.records import record_problem
+from psft.sources import BUILTIN_TEST_SIZE, check_builtin_task, read_dataset, resolve_source
 from psft.stage import StageEval, format_report, parse_checkpoints, parse_stage_command, run_chain
-from psft.tiny import resolve_model_name
 
 # fields of the DPO run written to the report, so that runs can be compared
 BUDGET_FIELDS = (
@@ -179,28 +181,17 @@ def load_preference_dataset(name: str, split: str = "train", config: str | None 
     checked (`preference_problem`): a bad one is a `UserError` naming its line or index and field."""
     from psft.tasks import IN_DOMAIN_TRAIN_SIZE, PREFERENCE_TASKS, TASKS
 
-    if is_builtin(name):
-        task = name[len(BUILTIN_PREFIX) :]
-        if task not in PREFERENCE_TASKS:
-            known = ", ".join(BUILTIN_PREFIX + t for t in PREFERENCE_TASKS)
-            hint = " (an SFT task)" if task in TASKS else ""
-            raise UserError(f"{name}: not a built-in preference dataset{hint}; built-in: {known}")
+    source = resolve_source(name)
+    if source.kind == "builtin":
+        hint = " (an SFT task)" if source.task in TASKS else ""
+        task = check_builtin_task(name, list(PREFERENCE_TASKS), "built-in preference dataset", hint)
         if split not in ("train", "test"):
             raise UserError(f"{name}: no split {split!r}; built-in datasets have train and test")
         size = IN_DOMAIN_TRAIN_SIZE if split == "train" else BUILTIN_TEST_SIZE
         return Dataset.from_list(PREFERENCE_TASKS[task](size, seed=0, split=split))
-    extension = local_file_extension(name)
-    if extension is not None:
-        if extension == ".jsonl":
-            check_preference_jsonl(name)
-        try:
-            dataset = load_dataset(LOCAL_BUILDERS[extension], data_files=name, split="train")
-        except Exception as err:  # datasets wraps parse errors in several exception types
-            raise UserError(f"{name}: cannot be read as {extension[1:]}: {str(err).splitlines()[0]}") from err
-    else:
-        dataset = load_dataset(name, name=config, split=split)
-    if isinstance(dataset, DatasetDict):
-        raise UserError(f"{name}: no split {split!r}; it has {', '.join(dataset)}")
+    if source.kind == "file" and source.extension == ".jsonl":
+        check_preference_jsonl(name)
+    dataset = read_dataset(source, split, config)
     return _validated(dataset, name)
 
 
@@ -240,30 +231,52 @@ def run_dpo(
 # ---------------------------------------------------------------- preference metrics
 
 
-def tokenize_pair(tokenizer: Any, row: dict[str, Any]) -> dict[str, list[int]]:
-    """`prompt_ids`, `chosen_ids`, `rejected_ids` of one explicit-prompt record, as TRL 1.16's
-    `DPOTrainer._prepare_dataset` makes them (read there): chat template for conversational records, EOS
-    appended to plain completions, the completion starting where prompt and prompt+completion diverge."""
-    if is_conversational(row):
-        tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
-        kwargs = {"tools": tools, **(row.get("chat_template_kwargs") or {})}
+def tokenize_pairs(
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    max_length: int | None = None,
+    truncation_mode: str = "keep_start",
+) -> list[dict[str, list[int]]]:
+    """`prompt_ids`, `chosen_ids`, `rejected_ids` of explicit-prompt records, made by TRL's own dataset
+    preparation (`DPOTrainer._prepare_dataset`): chat template for conversational records, EOS appended to plain
+    completions, the completion starting where prompt and prompt+completion diverge, and (with `keep_start`) the
+    pairs whose prompt fills `max_length` left out, as TRL drops them.
 
-        def ids(messages: list, **extra: Any) -> list[int]:
-            return tokenizer.apply_chat_template(
-                messages, tokenize=True, return_dict=True, **kwargs, **extra
-            )["input_ids"]
+    Contract with TRL 1.16 (a private method, called unbound): `_prepare_dataset(self, dataset,
+    processing_class, args, dataset_name)` reads only `self._tokenizer` (its EOS) and `args.dataset_num_proc`,
+    `args.max_length`, `args.truncation_mode`, and needs no trained model; checked here by its signature so that
+    an upstream change fails loudly instead of scoring other tokens than DPO trains on."""
+    from types import SimpleNamespace
 
-        prompt = ids(row["prompt"], add_generation_prompt=True)
-        chosen, rejected = ids(row["prompt"] + row["chosen"]), ids(row["prompt"] + row["rejected"])
-    else:
-        eos = tokenizer.eos_token
-        prompt = tokenizer(text=row["prompt"])["input_ids"]
-        chosen, rejected = (
-            tokenizer(text=row["prompt"] + (c if c.endswith(eos) else c + eos))["input_ids"]
-            for c in (row["chosen"], row["rejected"])
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+    from trl import DPOTrainer
+
+    if not rows:
+        return []
+    prepare = DPOTrainer._prepare_dataset
+    expected = ["self", "dataset", "processing_class", "args", "dataset_name"]
+    if list(inspect.signature(prepare).parameters) != expected:
+        raise RuntimeError(
+            "psft's preference metrics rely on DPOTrainer._prepare_dataset of TRL 1.16 (arguments "
+            f"{expected}); this TRL ({trl.__version__}) changed it: install trl==1.16"
         )
-    n = min(common_prefix_length(prompt, chosen), common_prefix_length(prompt, rejected))
-    return {"prompt_ids": prompt[:n], "chosen_ids": chosen[n:], "rejected_ids": rejected[n:]}
+    args = SimpleNamespace(dataset_num_proc=None, max_length=max_length, truncation_mode=truncation_mode)
+    columns = [c for c in ("prompt", "chosen", "rejected", "tools", "chat_template_kwargs") if c in rows[0]]
+    dataset = Dataset.from_list([{c: row[c] for c in columns} for row in rows])
+    bars = is_progress_bar_enabled()
+    disable_progress_bar()  # a progress bar per scoring would drown the chain's lines
+    try:
+        prepared = prepare(SimpleNamespace(_tokenizer=tokenizer), dataset, tokenizer, args, "held-out")
+    finally:
+        if bars:
+            enable_progress_bar()
+    keys = ("prompt_ids", "chosen_ids", "rejected_ids")
+    return [{k: row[k] for k in keys} for row in prepared.select_columns(list(keys))]
+
+
+def tokenize_pair(tokenizer: Any, row: dict[str, Any]) -> dict[str, list[int]]:
+    """`tokenize_pairs` of one explicit-prompt record, untruncated."""
+    return tokenize_pairs(tokenizer, [row])[0]
 
 
 @torch.no_grad()
@@ -279,9 +292,7 @@ def pair_log_probs(
     """Summed log-probs `(chosen, rejected)` of each pair's completion tokens under `model`: DPO's sequence
     log-probs, tokenised, truncated and padded as `DPOTrainer` does (pairs whose prompt fills `max_length`
     are left out, as TRL drops them)."""
-    pairs = [tokenize_pair(tokenizer, row) for row in rows]
-    if max_length is not None and truncation_mode == "keep_start":
-        pairs = [p for p in pairs if len(p["prompt_ids"]) < max_length]
+    pairs = tokenize_pairs(tokenizer, rows, max_length, truncation_mode)
     if not pairs:
         raise UserError("preference metrics: no pair left to score (every prompt fills max_length)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -346,11 +357,8 @@ class PreferenceProbe:
         )
         self.base: tuple[torch.Tensor, torch.Tensor] | None = None
         if base_model is not None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            path = resolve_model_name(base_model)
-            model = AutoModelForCausalLM.from_pretrained(path)
-            self.base = pair_log_probs(model, AutoTokenizer.from_pretrained(path), rows, **self.score)
+            model = load_model(base_model)
+            self.base = pair_log_probs(model, load_tokenizer(base_model), rows, **self.score)
         self.starts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, model: Any, tokenizer: Any, name: str, phase: str) -> dict[str, Any]:

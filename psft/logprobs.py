@@ -1,5 +1,12 @@
-"""Per-token log-probs of a causal LM on its label tokens: one path for the training step, the old policy and the
-reference.
+"""Per-token log-probs and entropy of a causal LM: the one home of both paths.
+
+- `policy_forward` / `label_log_probs`: the log-prob of each label token, for the training step, the old policy,
+  the reference and DPO's sequence log-probs (`psft.dpo.pair_log_probs`), all the same computation, bit for bit.
+- `next_token_log_softmax`: the whole next-token distribution at chosen positions, a chunk of positions at a time,
+  for what needs more than the label's log-prob: drift's top-k and tail mass (`psft.eval.drift`) and token entropy
+  (`token_entropy`, `psft.eval.entropy`). TRL's fused head returns only per-label values, so this path runs the
+  same head (same weights, `head_scaling`'s softcap/scale convention) through a plain float32 log-softmax; on the
+  label tokens it equals `label_log_probs` up to the fused kernel's rounding (its online logsumexp).
 
 PSFT's ratio compares the training forward's log-probs with the old policy's, computed at the rollout start on the
 same parameters. Any difference between the two computations (autocast or not, bf16 weights, another LM-head
@@ -12,6 +19,7 @@ building the full logits. The old and reference passes add only `torch.no_grad()
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -67,3 +75,58 @@ def label_log_probs(model: torch.nn.Module, inputs: dict[str, Any]) -> Tensor:
         return policy_forward(model, inputs).log_probs.float()
     finally:
         model.train(was_training)
+
+
+# ---------------------------------------------------------------- the whole next-token distribution
+
+LOGITS_CHUNK_ELEMENTS = 1 << 24
+"""Logits scored at a time by default (positions x vocabulary, float32: 64 MB)."""
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The causal LM inside `model` (a PEFT model's base, LoRA layers included)."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def last_hidden_state(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The backbone's final hidden states, without the output head (no full logits)."""
+    backbone = _causal_lm(model).base_model
+    return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def head_log_softmax(model: torch.nn.Module, hidden: Tensor) -> Tensor:
+    """float32 log-softmax of the model's next-token logits for `hidden` (`(..., d)`), with the head's own
+    scaling (`logit_scale`, `logits_scaling`, final softcapping: `head_scaling`)."""
+    causal_lm = _causal_lm(model)
+    softcap, scale = head_scaling(causal_lm.config)
+    logits = causal_lm.get_output_embeddings()(hidden).float()
+    if scale != 1.0:
+        logits.mul_(scale)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax in place: one chunk in memory
+
+
+@torch.no_grad()
+def next_token_log_softmax(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    positions: Tensor,
+    rows: int | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """`(start, log_probs)` chunks of the float32 next-token log-softmax `(rows, vocab)` at the `positions`
+    (a bool `(batch, seq)` mask; position i predicts token i + 1), in row-major order, `rows` positions at a
+    time (None: as many as keep a chunk within `LOGITS_CHUNK_ELEMENTS`): the full logits are never built.
+    Runs the model as it is (the caller sets eval mode)."""
+    hidden = last_hidden_state(model, input_ids, attention_mask)
+    hidden = hidden[positions.to(hidden.device)]  # (positions, d): the head runs on these only
+    if rows is None:
+        rows = max(1, LOGITS_CHUNK_ELEMENTS // _causal_lm(model).get_output_embeddings().out_features)
+    for start in range(0, hidden.shape[0], rows):
+        yield start, head_log_softmax(model, hidden[start : start + rows])
+
+
+def token_entropy(log_probs: Tensor) -> Tensor:
+    """Entropy (nats) of each distribution given as log-probs over the last dimension: -sum p log p."""
+    return -(log_probs.exp() * log_probs).sum(-1)

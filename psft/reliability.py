@@ -71,13 +71,9 @@ class ReliabilityMixin:
         name = model if isinstance(model, str) else getattr(config, "_name_or_path", None)
         tokenizer = kwargs.get("processing_class")
         if tokenizer is None and name:
-            from transformers import AutoProcessor
+            from psft.models import load_processor
 
-            from psft.tiny import resolve_model_name
-
-            tokenizer = AutoProcessor.from_pretrained(
-                resolve_model_name(name), trust_remote_code=args.trust_remote_code
-            )
+            tokenizer = load_processor(name, trust_remote_code=args.trust_remote_code)
             kwargs["processing_class"] = tokenizer
         if not hasattr(tokenizer, "apply_chat_template") or hasattr(tokenizer, "tokenizer"):
             return  # a processor (vision-language model): TRL checks its template itself

@@ -21,11 +21,12 @@ from datasets import Dataset
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
 from psft.args import parse_config_and_flags
-from psft.data import is_builtin
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.eval.records import load_records
+from psft.models import resolve_model_name
 from psft.rewards import checker_reward, format_reward
+from psft.sources import is_builtin
 from psft.stage import (
     StageEval,
     format_report,
@@ -34,7 +35,6 @@ from psft.stage import (
     parse_stage_command,
     run_chain,
 )
-from psft.tiny import resolve_model_name
 
 # fields of the RL budget written to the report, so that runs can be compared
 BUDGET_FIELDS = (

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from psft.data import builtin_rows, is_builtin
 from psft.errors import UserError
 from psft.eval.entropy import mean_token_entropy
 from psft.eval.generate import evaluate_generation
 from psft.eval.records import load_rows
+from psft.models import load_model, load_tokenizer
 from psft.rewards import completion_text
-from psft.tiny import resolve_model_name
+from psft.sources import builtin_rows, is_builtin
 
 # probe(model, tokenizer, checkpoint name, "before" | "after") -> the stage's own metrics
 Probe = Callable[[Any, Any, str, str], dict[str, Any]]
@@ -110,14 +110,11 @@ def _base_drift_stats(evaluation: StageEval, rows: list[dict[str, Any]], path: P
     """The base model's statistics on the out-of-domain texts (`psft.eval.drift`), or None without a base."""
     if evaluation.base_model is None:
         return None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from psft.eval.drift import compute_reference_stats
     from psft.eval.records import render_text
 
-    name = resolve_model_name(evaluation.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name)
+    tokenizer = load_tokenizer(evaluation.base_model)
+    model = load_model(evaluation.base_model)
     return compute_reference_stats(model, tokenizer, [render_text(tokenizer, r) for r in rows], path)
 
 
@@ -148,8 +145,6 @@ def run_chain(
     `before_<stage>`, `after_<stage>`, `<stage>_train` (`summarize(log_history, seconds)`) and
     `<stage>_output_dir`; it is written as JSON to `report_path` (default `output_dir/<stage>_report.json`)
     after each checkpoint, so a crash loses only the checkpoint in progress."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not checkpoints:
         raise UserError(f"no checkpoints to run {stage} from")
     sets = {
@@ -184,9 +179,8 @@ def run_chain(
         return result
 
     for name, checkpoint in checkpoints.items():
-        model_dir = resolve_model_name(checkpoint)
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        before = measure(model, AutoTokenizer.from_pretrained(model_dir), name, "before")
+        model = load_model(checkpoint)
+        before = measure(model, load_tokenizer(checkpoint), name, "before")
         del model
         stage_dir = str(output_dir / name)
         print(

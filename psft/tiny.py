@@ -2,13 +2,12 @@
 
 A character-level tokenizer with a ChatML-style chat template (with `{% generation %}` markers, so TRL's
 assistant-only loss works) and a small Llama. Tests use them, and the built-in base model is one of them,
-pretrained (see `scripts/pretrain_tiny.py`).
+pretrained (see `scripts/pretrain_tiny.py`); `psft.models` resolves its name.
 """
 
 from __future__ import annotations
 
 import string
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -17,8 +16,6 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
-
-from psft.errors import UserError
 
 PAD, EOS, BOS_TURN, EOT = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, EOS, BOS_TURN, EOT]
@@ -82,19 +79,5 @@ def make_tiny_llama(
     return model
 
 
-BUILTIN_MODEL_NAME = "psft/tiny-base"
-
-
-def builtin_model_path() -> str:
-    """Directory of the built-in base model shipped in the package (made by `scripts/pretrain_tiny.py`)."""
-    path = Path(__file__).parent / "assets" / "tiny-base"
-    if not (path / "config.json").is_file():
-        raise UserError(
-            f"the built-in model is missing from {path}; reinstall psft or run scripts/pretrain_tiny.py"
-        )
-    return str(path)
-
-
-def resolve_model_name(name: str) -> str:
-    """`"psft/tiny-base"` -> the shipped model's directory; any other name or path is returned unchanged."""
-    return builtin_model_path() if name == BUILTIN_MODEL_NAME else name
+# the names of built-in models resolve in `psft.models` (the one model loader); kept here for old imports
+from psft.models import BUILTIN_MODEL_NAME, builtin_model_path, resolve_model_name  # noqa: E402, F401

@@ -23,8 +23,8 @@ from psft.cli_help import show_help
 from psft.config import PSFTConfig
 from psft.data import BUILTIN_PREFIX, LOCAL_BUILDERS, check_chat_template, load_sft_dataset, validate_records
 from psft.engines import check_engine
-from psft.errors import Interrupted, UserError, first_line
-from psft.tiny import BUILTIN_MODEL_NAME, resolve_model_name
+from psft.errors import Interrupted, UserError
+from psft.models import BUILTIN_MODEL_NAME, check_hub_model, load_tokenizer, resolve_model_name
 
 USAGE = "psft train --config run.yaml [--key value ...]   (every YAML field is also a flag)"
 
@@ -100,16 +100,8 @@ def check_before_loading(
                 f"model_name_or_path {model}: {path} has no config.json, so it is not a model directory"
             )
         return resume
-    from transformers import AutoConfig
-
-    try:  # one small file: a wrong hub name fails here, not after the data has loaded
-        AutoConfig.from_pretrained(
-            model, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
-        )
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"model_name_or_path {model}: not a local directory, and the hub has no such model ({first_line(err)})"
-        ) from None
+    # one small file: a wrong hub name fails here, not after the data has loaded; an unreachable hub in seconds
+    check_hub_model(model, model_args.model_revision, training_args.trust_remote_code, "model_name_or_path")
     return resume
 
 
@@ -156,9 +148,7 @@ def main(argv: list[str]) -> int:
     train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
     model_name = resolve_model_name(model_args.model_name_or_path)
     if training_args.assistant_only_loss:  # checked on the tokenizer alone, before the model loads
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer = load_tokenizer(
             model_name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
         )
         check_chat_template(tokenizer, training_args.chat_template_path, model_args.model_name_or_path)

@@ -39,9 +39,9 @@ from psft.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.errors import UserError
 from psft.logprobs import ensure_fused_head, label_log_probs, policy_forward
 from psft.losses import full_entropy, get_loss, label_log_probs_from_logits, token_mean
+from psft.models import resolve_model_name
 from psft.reference import ReferenceSource, ReferenceTable, check_reference_vocabulary, next_token_logits
 from psft.reliability import ReliabilityMixin
-from psft.tiny import resolve_model_name
 
 logger = logging.get_logger(__name__)
 

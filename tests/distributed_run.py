@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from engines import ENGINES
 from torch.distributed.tensor import DTensor
-from trainer_support import make_trainer, prompt_completion_data
+from trainer_support import NaNAt, make_trainer, prompt_completion_data
 from transformers import TrainerCallback
 
-from psft import PSFTTrainer
 from psft.trainer import REFERENCE_FILE
 
 
@@ -44,18 +43,6 @@ def full_params(trainer) -> dict:
         k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().float().clone()
         for k, v in model.named_parameters()
     }
-
-
-class NaNAt(PSFTTrainer):
-    """Multiplies the loss by NaN at the optimizer steps listed (0-based global steps)."""
-
-    nan_steps: tuple = ()
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.model.training and self.state.global_step in self.nan_steps:
-            loss = loss * float("nan")
-        return loss
 
 
 class StepSnapshots(TrainerCallback):

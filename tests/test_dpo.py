@@ -22,6 +22,7 @@ from psft.dpo import (
 )
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
+from psft.records import write_jsonl
 from psft.stage import format_report
 from psft.tasks import PREFERENCE_TASKS, generate
 from psft.tasks.preference import WRAPPERS, unwrap
@@ -154,15 +155,10 @@ def test_a_dpo_run_raises_the_chosen_minus_rejected_margin_and_the_metrics_equal
     assert torch.equal(saved["lm_head.weight"], policy.lm_head.weight.detach())
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_preference_data_from_files_plain_conversational_and_implicit_prompt(tmp_path):
-    conv = load_preference_dataset(str(write_jsonl(tmp_path / "c.jsonl", pairs_rows(4))))
+    conv = load_preference_dataset(str(write_jsonl(pairs_rows(4), tmp_path / "c.jsonl")))
     assert len(conv) == 4 and conv[0]["chosen"][0]["role"] == "assistant"
-    plain = load_preference_dataset(str(write_jsonl(tmp_path / "p.jsonl", pairs_rows(4, plain=True))))
+    plain = load_preference_dataset(str(write_jsonl(pairs_rows(4, plain=True), tmp_path / "p.jsonl")))
     assert isinstance(plain[0]["prompt"], str)
     implicit = [
         {"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in pairs_rows(3)
@@ -206,7 +202,7 @@ def test_preference_data_from_files_plain_conversational_and_implicit_prompt(tmp
     ],
 )
 def test_bad_preference_records_are_refused_naming_line_and_field(tmp_path, capsys, bad, message):
-    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": "B"}, bad])
+    path = write_jsonl([{"prompt": "Q", "chosen": "A", "rejected": "B"}, bad], tmp_path / "bad.jsonl")
     with pytest.raises(UserError, match=message):
         load_preference_dataset(str(path))
     argv = [
@@ -240,7 +236,7 @@ def test_data_that_is_not_preference_data_is_refused(tmp_path):
 
 
 def test_chain_runs_dpo_from_each_checkpoint_and_reports_before_and_after(tmp_path, tiny_model_dir):
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", pairs_rows(16))
+    pairs = write_jsonl(pairs_rows(16), tmp_path / "pairs.jsonl")
     args = DPOConfig(**dpo_args(tmp_path / "dpo", max_steps=2))
     report = run_dpo_stage(
         {"a": str(tiny_model_dir), "b": str(tiny_model_dir)}, args, str(pairs), eval_pairs="psft/pref",

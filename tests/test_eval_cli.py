@@ -123,7 +123,7 @@ def test_task_filter_and_sampling(checkpoints, tmp_path):
             ["--model", "/nonexistent/ckpt", "--data", "{root}/eval.jsonl"],
             "model directory not found: /nonexistent/ckpt",
         ),
-        (["--model", "{root}/tuned", "--data", "{root}/missing.jsonl"], "data file not found"),
+        (["--model", "{root}/tuned", "--data", "{root}/missing.jsonl"], "missing.jsonl: no such data file"),
         (["--model", "{root}/tuned", "--data", "{root}/bad.jsonl"], "bad.jsonl:2: missing field 'prompt'"),
         (
             ["--model", "{root}/tuned", "--data", "{root}/eval.jsonl", "--task", "nope"],

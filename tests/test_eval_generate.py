@@ -154,7 +154,7 @@ def test_bad_records_name_the_file_line_and_field(tmp_path):
     path.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c", "answer": null}\n')
     with pytest.raises(UserError, match=r"d.jsonl:2: missing field 'answer' or 'completion'"):
         load_records(str(path))
-    with pytest.raises(UserError, match="data file not found"):
+    with pytest.raises(UserError, match="missing.jsonl: no such data file"):
         load_records(str(tmp_path / "missing.jsonl"))
     with pytest.raises(UserError, match="no records with task 'zzz'"):
         load_records([{"prompt": "a", "answer": "b"}], tasks=["zzz"])

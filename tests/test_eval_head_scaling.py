@@ -72,11 +72,11 @@ def full_logits_kl(base, tuned, tok) -> float:
 
 
 def test_exact_drift_equals_the_models_own_logits(pair, tmp_path, monkeypatch):
-    from psft.eval import drift
+    from psft import logprobs
 
     base, tuned, tok = pair
     stats = compute_reference_stats(base, tok, TEXTS, tmp_path / "s.safetensors", top_k=10_000, chunk_size=5)
-    monkeypatch.setattr(drift, "LOGITS_CHUNK_ELEMENTS", 2 * 3 * len(tok))  # batch 2: 3 positions a chunk
+    monkeypatch.setattr(logprobs, "LOGITS_CHUNK_ELEMENTS", 2 * 3 * len(tok))  # 6 positions a chunk
     result = measure_drift(tuned, stats, batch_size=2)
     assert result.exact
     assert result.kl == pytest.approx(full_logits_kl(base, tuned, tok), rel=1e-4, abs=1e-7)
@@ -85,7 +85,7 @@ def test_exact_drift_equals_the_models_own_logits(pair, tmp_path, monkeypatch):
 
 def test_entropy_equals_the_models_own_logits(pair, monkeypatch):
     base, _, tok = pair
-    from psft.eval import drift
+    from psft import logprobs
     from psft.eval.generate import encode_prompt
 
     expected, count = 0.0, 0
@@ -96,5 +96,5 @@ def test_entropy_equals_the_models_own_logits(pair, monkeypatch):
             logp = base(torch.tensor([ids])).logits[0].float().log_softmax(-1)
         entropy = -(logp.exp() * logp).sum(-1)[len(prompt_ids) - 1 : len(ids) - 1]
         expected, count = expected + entropy.sum().item(), count + entropy.numel()
-    monkeypatch.setattr(drift, "LOGITS_CHUNK_ELEMENTS", 3 * len(tok))  # 3 positions per chunk
+    monkeypatch.setattr(logprobs, "LOGITS_CHUNK_ELEMENTS", 3 * len(tok))  # 3 positions per chunk
     assert mean_token_entropy(base, tok, PAIRS, batch_size=2) == pytest.approx(expected / count, rel=1e-5)

@@ -121,3 +121,116 @@ def test_lora_model_and_its_disabled_adapter():
     with model.disable_adapter():
         got = label_log_probs(model, {**inputs, "labels": labels})
     torch.testing.assert_close(got, base_expected, atol=2e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- one path: every caller agrees with it bit for bit
+
+TEXTS = ["The cat sat on the mat.", "2+2=4", "Proximal SFT keeps the policy near the old one."]
+
+
+def char_model(name: str):
+    """A `HEADS` model over the character tokenizer's vocabulary (with TRL's fused head), and the tokenizer."""
+    from psft.tiny import make_char_tokenizer
+
+    tokenizer = make_char_tokenizer()
+    model_cls, config_cls, extra = HEADS[name]
+    return make(model_cls, config_cls, vocab=len(tokenizer), **extra), tokenizer
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2_softcap"])
+def test_the_training_forward_is_the_old_and_reference_pass_bit_for_bit(name):
+    from psft.logprobs import policy_forward
+
+    model = make(*HEADS[name][:2], **HEADS[name][2])
+    inputs, labels = batch(model.config.vocab_size)
+    trained = policy_forward(model, {**inputs, "labels": labels}).log_probs  # with gradient, as in training
+    assert trained.requires_grad
+    assert torch.equal(trained.detach().float(), label_log_probs(model, {**inputs, "labels": labels}))
+
+
+def test_dpo_sequence_log_probs_are_the_label_log_probs_summed_bit_for_bit():
+    from psft.dpo import pair_log_probs, tokenize_pair
+
+    model, tokenizer = char_model("llama")
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Q{i}?"}], "chosen": [{"role": "assistant", "content": "yes"}],
+         "rejected": [{"role": "assistant", "content": f"no {i}"}]}
+        for i in range(3)
+    ]  # fmt: skip
+    chosen, rejected = pair_log_probs(model, tokenizer, rows, batch_size=1)
+    for i, row in enumerate(rows):
+        pair = tokenize_pair(tokenizer, row)
+        for side, got in (("chosen_ids", chosen[i]), ("rejected_ids", rejected[i])):
+            ids = torch.tensor([pair["prompt_ids"] + pair[side]])
+            labels = ids.clone()
+            labels[:, : len(pair["prompt_ids"])] = -100
+            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+            assert torch.equal(got, label_log_probs(model, inputs).sum(-1)[0])
+
+
+def full_distribution(model, ids: list[int], positions: slice):
+    """`next_token_log_softmax` on one unpadded sequence at `positions` (one chunk)."""
+    from psft.logprobs import next_token_log_softmax
+
+    input_ids = torch.tensor([ids])
+    scored = torch.zeros_like(input_ids, dtype=torch.bool)
+    scored[0, positions] = True
+    (_, logp), *rest = next_token_log_softmax(model, input_ids, torch.ones_like(input_ids), scored)
+    assert not rest
+    return logp
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2_softcap", "cohere_logit_scale"])
+def test_drift_stores_the_full_distribution_paths_log_probs_bit_for_bit(name, tmp_path):
+    from safetensors.torch import load_file
+
+    from psft.eval.drift import compute_reference_stats
+
+    model, tokenizer = char_model(name)
+    path = compute_reference_stats(model, tokenizer, TEXTS, tmp_path / "s.safetensors", top_k=5, batch_size=1)
+    stats = load_file(str(path))
+    start = 0
+    for text in TEXTS:
+        ids = tokenizer(text)["input_ids"]
+        logp = full_distribution(model, ids, slice(0, len(ids) - 1))
+        n = len(ids) - 1
+        target = logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+        assert torch.equal(stats["target_logprobs"][start : start + n], target)
+        assert torch.equal(stats["topk_logprobs"][start : start + n], logp.topk(5).values)
+        # and the label path (TRL's fused head) agrees up to its online log-sum-exp's rounding
+        labels = torch.tensor([ids])
+        fused = label_log_probs(model, {"input_ids": labels, "labels": labels})[0]
+        torch.testing.assert_close(fused, target, atol=2e-5, rtol=1e-5)
+        start += n
+    assert start == len(stats["target_logprobs"])
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2_softcap"])
+def test_entropy_is_the_full_distribution_paths_entropy_bit_for_bit(name):
+    from psft.eval.entropy import mean_token_entropy
+    from psft.eval.generate import encode_prompt
+    from psft.logprobs import token_entropy
+
+    model, tokenizer = char_model(name)
+    pairs = [("What is 2+2?", "4"), ([{"role": "user", "content": "Hi"}], "Hello there")]
+    entropies = []
+    for prompt, completion in pairs:
+        prompt_ids = encode_prompt(tokenizer, prompt)
+        ids = (
+            prompt_ids
+            + tokenizer(completion, add_special_tokens=False)["input_ids"]
+            + [tokenizer.eos_token_id]
+        )
+        logp = full_distribution(model, ids, slice(len(prompt_ids) - 1, len(ids) - 1))
+        entropies.append(token_entropy(logp).double())
+        # the definition, on the model's own logits
+        with torch.no_grad():
+            own = (
+                model(torch.tensor([ids]))
+                .logits[0, len(prompt_ids) - 1 : len(ids) - 1]
+                .float()
+                .log_softmax(-1)
+            )
+        torch.testing.assert_close(entropies[-1].float(), -(own.exp() * own).sum(-1), atol=1e-5, rtol=1e-5)
+    expected = float(torch.cat(entropies).sum()) / sum(len(e) for e in entropies)
+    assert mean_token_entropy(model, tokenizer, pairs, batch_size=1) == expected

@@ -19,6 +19,13 @@ def test_quickstart_is_two_commands_and_ci_runs_the_test_one():
 
 
 def test_the_main_job_config_exists():
+    """The quickstart's main job is a psft command, and every example config the docs name exists."""
     main_job, _ = quickstart_commands()
-    for path in re.findall(r"--config (\S+)", main_job):
+    assert re.search(r"\bpsft (demo|train|compare)\b", main_job), main_job
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    named = {
+        p for doc in docs for p in re.findall(r"--config(?:_file)? (examples/\S+?\.ya?ml)", doc.read_text())
+    }
+    assert named, "the docs name no example config: this test would check nothing"
+    for path in sorted(named):
         assert (ROOT / path).is_file(), path

@@ -5,22 +5,10 @@ import math
 
 import pytest
 import torch
-from trainer_support import Snapshots, make_trainer
+from trainer_support import NaNAt, Snapshots, make_trainer
 
 from psft import PSFTTrainer
 from psft.errors import UserError
-
-
-class NaNAt(PSFTTrainer):
-    """Multiplies the loss by NaN at the optimizer steps listed (0-based global steps)."""
-
-    nan_steps: tuple = ()
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.model.training and self.state.global_step in self.nan_steps:
-            loss = loss * float("nan")
-        return loss
 
 
 class ExtremeOld(PSFTTrainer):

@@ -71,6 +71,18 @@ def max_param_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+class NaNAt(PSFTTrainer):
+    """Multiplies the loss by NaN at the optimizer steps listed (0-based global steps)."""
+
+    nan_steps: tuple = ()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.model.training and self.state.global_step in self.nan_steps:
+            loss = loss * float("nan")
+        return loss
+
+
 class Recorder(PSFTTrainer):
     """Records every training micro-batch with the step it was used at and the old log-probs it carried."""
 

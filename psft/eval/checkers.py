@@ -89,8 +89,20 @@ def register_checker(name: str) -> Callable:
     return decorate
 
 
+def _register_suite_checkers() -> None:
+    """Register the built-in task suite's checkers ("json_answer", "bracketed", "mentions", "instruction") unless
+    a checker of that name is registered: the suite hands them in as plain functions
+    (`psft.tasks.checks.SUITE_CHECKERS`) and imports nothing from here, so there is no import circle."""
+    from psft.tasks.checks import SUITE_CHECKERS
+
+    for name, fn in SUITE_CHECKERS.items():
+        if name not in _REGISTRY:
+            register_checker(name)(fn)
+
+
 def list_checkers() -> list[str]:
-    """Names of the registered checkers."""
+    """Names of the registered checkers (the built-in suite's included)."""
+    _register_suite_checkers()
     return sorted(_REGISTRY)
 
 
@@ -100,7 +112,7 @@ _CACHE: dict[str, Checker] = {}
 def get_checker(name: str) -> Checker:
     """The checker registered as `name` (one shared instance per name); UserError if unknown."""
     if name not in _REGISTRY:
-        import psft.tasks  # noqa: F401  (registers the built-in suite's checkers, e.g. json_answer)
+        _register_suite_checkers()
     if name not in _REGISTRY:
         raise UserError(f"unknown checker {name!r}; registered: {', '.join(list_checkers())}")
     if name not in _CACHE:

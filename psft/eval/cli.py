@@ -75,17 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(name: str, device: str):
     """Model and tokenizer from a checkpoint directory, ``psft/tiny-base`` or a hub id; UserError if none."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from psft.tiny import resolve_model_name
+    from psft.models import is_hub_name, load_model, load_tokenizer, resolve_model_name
 
     path = resolve_model_name(name)
-    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
-    if not Path(path).is_dir() and not looks_like_hub_id:
+    if not Path(path).is_dir() and not is_hub_name(path):
         raise UserError(f"model directory not found: {name}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device)
+        tokenizer = load_tokenizer(path)
+        model = load_model(path, "auto").to(device)
     except (OSError, ValueError) as err:
         raise UserError(f"{name}: cannot load model/tokenizer: {str(err).splitlines()[0]}") from err
     return model.eval(), tokenizer

@@ -15,10 +15,12 @@ Reported per position, averaged over all positions:
 - ``logprob_change``: model log-prob minus base log-prob of the actual next token (negative: the model
   finds the held-out text less likely than the base did).
 
-Memory: logits are never materialised for a whole sequence; the final hidden states go through the output
-head `chunk_size` positions at a time (by default as many as keep batch x chunk_size x vocab within
-`LOGITS_CHUNK_ELEMENTS`), so peak extra memory is a few batch x chunk_size x vocab float32 tensors (measured on CPU, 8 x 1024 tokens, vocab 32k: 0.41 GB peak RSS growth for stats + drift, against
-2.0 GB for one plain full-logits log-softmax). The stats file takes about N x top_k x 8 bytes for N positions.
+Memory: logits are never materialised for a whole sequence; the final hidden states of the positions that have a
+next token go through the output head `chunk_size` positions at a time (`psft.logprobs.next_token_log_softmax`, the
+one full-distribution path, shared with `psft.eval.entropy`; by default as many positions as keep chunk_size x vocab
+within `psft.logprobs.LOGITS_CHUNK_ELEMENTS`), so peak extra memory is a few chunk_size x vocab float32 tensors
+(measured on CPU before padding positions were skipped, 8 x 1024 tokens, vocab 32k: 0.41 GB peak RSS growth for
+stats + drift, against 2.0 GB for one plain full-logits log-softmax). The stats file takes about N x top_k x 8 bytes for N positions.
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import is_peft_model
 from safetensors.torch import load_file, save_file
 
 from psft.errors import UserError
-from psft.logprobs import head_scaling
+from psft.logprobs import (  # noqa: F401  (head_log_softmax, last_hidden_state, LOGITS_CHUNK_ELEMENTS: old imports)
+    LOGITS_CHUNK_ELEMENTS,
+    head_log_softmax,
+    last_hidden_state,
+    next_token_log_softmax,
+)
 
 FORMAT = "psft-drift-v1"
-LOGITS_CHUNK_ELEMENTS = 1 << 24
-"""Logits scored at a time by default (batch x positions x vocabulary, float32: 64 MB)."""
 
 
 @dataclass
@@ -59,46 +63,10 @@ class DriftResult:
         return asdict(self)
 
 
-def _causal_lm(model):
-    """The causal LM inside `model` (a PEFT model's base, LoRA layers included)."""
-    return model.get_base_model() if is_peft_model(model) else model
-
-
-def last_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The backbone's final hidden states, without the output head (no full logits)."""
-    backbone = _causal_lm(model).base_model
-    return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-
-
-def head_log_softmax(model, hidden: torch.Tensor) -> torch.Tensor:
-    """float32 log-softmax of the model's next-token logits for `hidden` (`(..., d)`), with the head's own
-    scaling (`logit_scale`, `logits_scaling`, final softcapping: `psft.logprobs.head_scaling`)."""
-    causal_lm = _causal_lm(model)
-    softcap, scale = head_scaling(causal_lm.config)
-    logits = causal_lm.get_output_embeddings()(hidden).float()
-    if scale != 1.0:
-        logits.mul_(scale)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits.sub_(logits.logsumexp(-1, keepdim=True))  # log-softmax in place: one chunk in memory
-
-
-def _logits(
-    model, input_ids: torch.Tensor, mask: torch.Tensor, chunk_size: int | None
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, float32 log-softmax) for chunks of the positions that have a next token (all but the last);
-    `chunk_size=None`: as many positions as keep a chunk within `LOGITS_CHUNK_ELEMENTS`."""
-    last = input_ids.shape[1] - 1
-    hidden = last_hidden_state(model, input_ids, mask)
-    if chunk_size is None:
-        vocab = _causal_lm(model).get_output_embeddings().out_features
-        chunk_size = max(1, LOGITS_CHUNK_ELEMENTS // (input_ids.shape[0] * vocab))
-    for s in range(0, last, chunk_size):
-        yield s, head_log_softmax(model, hidden[:, s : min(s + chunk_size, last)])
-
-
 def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, device) -> Iterator[tuple]:
-    """Right-padded batches with, per next-token position, its index in the flat position order."""
+    """Right-padded batches `(ids, mask, positions, targets, index)`: the positions that have a next token (a
+    bool `(batch, width)` mask), their next tokens and their indices in the flat position order (both in the
+    row-major order `psft.logprobs.next_token_log_softmax` yields them in)."""
     offsets = [0]
     for s in seqs:
         offsets.append(offsets[-1] + len(s) - 1)
@@ -111,7 +79,9 @@ def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, device) -> Ite
         lengths = torch.tensor([len(s) for s in batch], device=device)
         valid = pos[None, :] < (lengths[:, None] - 1)
         flat = torch.tensor(offsets[b : b + len(batch)], device=device)[:, None] + pos[None, :]
-        yield ids, mask, valid, flat
+        positions = torch.zeros_like(mask, dtype=torch.bool)
+        positions[:, :-1] = valid
+        yield ids, mask, positions, ids[:, 1:][valid], flat[valid].cpu()
 
 
 def _tail_logmass_(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -157,17 +127,14 @@ def compute_reference_stats(
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     try:
-        for ids, mask, valid, flat in _batches(seqs, batch_size, pad, model.device):
-            for s, logp in _logits(model, ids, mask, chunk_size):
-                # whole (batch, chunk, vocab) tensor, padding included; keep the valid positions' results
-                v = valid[:, s : s + logp.shape[1]]
-                idx = flat[:, s : s + logp.shape[1]][v].cpu()
-                target = ids[:, s + 1 : s + 1 + v.shape[1]]
-                out["target_logprobs"][idx] = logp.gather(-1, target[..., None])[..., 0][v].cpu()
+        for ids, mask, positions, targets, index in _batches(seqs, batch_size, pad, model.device):
+            for s, logp in next_token_log_softmax(model, ids, mask, positions, chunk_size):
+                idx, target = index[s : s + len(logp)], targets[s : s + len(logp)]
+                out["target_logprobs"][idx] = logp.gather(-1, target[:, None])[:, 0].cpu()
                 top = logp.topk(k, dim=-1)
-                out["topk_ids"][idx] = top.indices[v].int().cpu()
-                out["topk_logprobs"][idx] = top.values[v].cpu()
-                out["tail_logmass"][idx] = _tail_logmass_(logp, top.indices)[v].cpu()
+                out["topk_ids"][idx] = top.indices.int().cpu()
+                out["topk_logprobs"][idx] = top.values.cpu()
+                out["tail_logmass"][idx] = _tail_logmass_(logp, top.indices).cpu()
     finally:
         model.train(was_training)
     out["input_ids"] = torch.tensor([t for s in seqs for t in s], dtype=torch.int32)
@@ -180,14 +147,14 @@ def compute_reference_stats(
 
 def load_reference_stats(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of a stats file; UserError if it is missing or not one."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     if not Path(path).is_file():
         raise UserError(f"drift stats file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except Exception as err:
+    except (SafetensorError, OSError) as err:  # a file that is not safetensors, or unreadable
         raise UserError(f"{path}: not a safetensors file: {err}") from err
     if meta.get("format") != FORMAT:
         raise UserError(f"{path}: not a psft drift stats file (format {meta.get('format')!r})")
@@ -216,17 +183,13 @@ def measure_drift(
     was_training = model.training
     model.eval()
     try:
-        for ids, mask, valid, flat in _batches(seqs, batch_size, 0, model.device):
-            for s, logp in _logits(model, ids, mask, chunk_size):
-                v = valid[:, s : s + logp.shape[1]]
-                idx = flat[:, s : s + logp.shape[1]][v].cpu()
-                target = ids[:, s + 1 : s + 1 + v.shape[1]]
-                # base top-k ids laid out like the chunk (padding rows point at token 0 and are dropped)
-                top_ids = torch.zeros(*v.shape, k, dtype=torch.long, device=logp.device)
-                top_ids[v] = stats["topk_ids"][idx].long().to(logp.device)
-                model_target = logp.gather(-1, target[..., None])[..., 0][v]
-                model_top = logp.gather(-1, top_ids)[v]
-                model_tail = _tail_logmass_(logp, top_ids)[v]
+        for ids, mask, positions, targets, index in _batches(seqs, batch_size, 0, model.device):
+            for s, logp in next_token_log_softmax(model, ids, mask, positions, chunk_size):
+                idx, target = index[s : s + len(logp)], targets[s : s + len(logp)]
+                top_ids = stats["topk_ids"][idx].long().to(logp.device)
+                model_target = logp.gather(-1, target[:, None])[:, 0]
+                model_top = logp.gather(-1, top_ids)
+                model_tail = _tail_logmass_(logp, top_ids)
                 base_top = stats["topk_logprobs"][idx].to(logp.device)
                 base_tail = stats["tail_logmass"][idx].to(logp.device)
                 head_kl = (base_top.exp() * (base_top - model_top)).sum(-1)

@@ -4,8 +4,9 @@ For each (prompt, completion) pair the prompt goes through the chat template (wi
 and the completion's tokens follow it, then the end-of-turn (EOS) token. At every completion position the
 model's next-token distribution p gives H = -sum_v p(v) log p(v) (nats); the result is the mean over all
 completion positions of all pairs. p is the model's own (with its head's logit scaling and softcapping), and
-only the completion positions go through the output head, a chunk of positions at a time. The tokens are the demonstration's, not the model's own samples, so every
-model is measured on the same positions. SFT drives this towards zero on the data it memorises; the PSFT
+only the completion positions go through the output head, a chunk of positions at a time
+(`psft.logprobs.next_token_log_softmax` and `token_entropy`, the path drift uses too). The tokens are the
+demonstration's, not the model's own samples, so every model is measured on the same positions. SFT drives this towards zero on the data it memorises; the PSFT
 paper reports that PSFT keeps it from collapsing.
 """
 
@@ -15,9 +16,8 @@ from typing import Any
 
 import torch
 
-from psft.eval import drift
-from psft.eval.drift import head_log_softmax, last_hidden_state
 from psft.eval.generate import encode_prompt
+from psft.logprobs import next_token_log_softmax, token_entropy
 
 
 @torch.no_grad()
@@ -33,10 +33,9 @@ def mean_token_entropy(
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
         seqs.append((prompt_ids + completion_ids, len(prompt_ids)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    vocab = model.get_output_embeddings().out_features
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    entropies = []
     try:
         for start in range(0, len(seqs), batch_size):
             batch = seqs[start : start + batch_size]
@@ -47,13 +46,10 @@ def mean_token_entropy(
             scored = torch.zeros_like(attention, dtype=torch.bool)
             for row, (ids, prompt_len) in enumerate(batch):
                 scored[row, prompt_len - 1 : len(ids) - 1] = True
-            hidden = last_hidden_state(model, input_ids.to(model.device), attention.to(model.device))
-            hidden = hidden[scored.to(hidden.device)]  # (scored positions, d): the head runs on these only
-            rows = max(1, drift.LOGITS_CHUNK_ELEMENTS // vocab)  # the full logits are never built
-            for i in range(0, hidden.shape[0], rows):
-                logp = head_log_softmax(model, hidden[i : i + rows])
-                total += -(logp.exp() * logp).sum().item()
-            count += int(scored.sum())
+            device = model.device
+            for _, logp in next_token_log_softmax(model, input_ids.to(device), attention.to(device), scored):
+                entropies.append(token_entropy(logp).double().cpu())
     finally:
         model.train(was_training)
-    return total / count if count else None
+    count = sum(len(e) for e in entropies)
+    return float(torch.cat(entropies).sum()) / count if count else None

@@ -11,12 +11,9 @@ Accepted rows (TRL's formats, plus evaluation fields):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from psft.errors import UserError
-
-_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 @dataclass
@@ -31,29 +28,13 @@ class EvalRecord:
 
 def load_rows(data: str, split: str = "test") -> list[dict[str, Any]]:
     """Rows of a local JSON/JSONL/Parquet file, of a built-in dataset (`psft/<task>`), or of a hub dataset's
-    `split`."""
-    import datasets
+    `split` (`psft.sources`)."""
+    from psft.sources import builtin_rows, read_dataset, resolve_source
 
-    from psft.data import builtin_rows, is_builtin
-
-    if is_builtin(data):
+    source = resolve_source(data)
+    if source.kind == "builtin":
         return builtin_rows(data, split)
-    path = Path(data)
-    if path.suffix in _FORMATS or path.exists():
-        if not path.is_file():
-            raise UserError(f"data file not found: {data}")
-        if path.suffix not in _FORMATS:
-            raise UserError(f"{data}: unsupported data file type; use .json, .jsonl or .parquet")
-        try:
-            ds = datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
-        except Exception as err:  # datasets raises several types for malformed files
-            raise UserError(f"{data}: cannot read as {_FORMATS[path.suffix]}: {err}") from err
-    else:
-        try:
-            ds = datasets.load_dataset(data, split=split)
-        except Exception as err:
-            raise UserError(f"cannot load dataset {data!r} (split {split!r}): {err}") from err
-    return list(ds)
+    return list(read_dataset(source, split))
 
 
 def _last_assistant(messages: list[dict[str, Any]]) -> int | None:

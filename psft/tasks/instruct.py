@@ -15,7 +15,6 @@ import json
 import random
 import re
 
-from psft.eval.checkers import register_checker
 from psft.tasks.base import Example
 
 BOXED = "Put your final answer within \\boxed{}."
@@ -155,7 +154,6 @@ def sample_trivia(rng: random.Random) -> Example:
     return Example("trivia", prompt, f"{answer}.", _ACCEPT.get(answer, key), "mentions")
 
 
-@register_checker("mentions")
 def mentions(completion: str, reference: str) -> bool:
     """One of the `|`-separated words or phrases of `reference` occurs in `completion` as whole words."""
     text = " ".join(re.findall(r"[a-z0-9-]+", completion.lower()))
@@ -171,7 +169,6 @@ def sample_instruct(rng: random.Random) -> Example:
     return Example("instruct", prompt, comply(answer), constraint, "instruction")
 
 
-@register_checker("instruction")
 def follows_instruction(completion: str, reference: str) -> bool:
     """Whether `completion` follows the instruction named by `reference` (a key of `INSTRUCTIONS`)."""
     text = completion.strip()
