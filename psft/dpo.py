@@ -26,7 +26,7 @@ from trl import DPOConfig, ModelConfig, TrlParser, get_peft_config
 from trl.data_utils import common_prefix_length, extract_prompt, is_conversational
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from psft.args import parse_config_and_flags
+from psft.args import config_parser, parse_config_and_flags
 from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, LOCAL_BUILDERS, is_builtin, local_file_extension
 from psft.errors import UserError
 from psft.logprobs import ensure_fused_head, label_log_probs
@@ -480,7 +480,7 @@ def load_dpo_config(path: str, output_dir: str) -> tuple[DPOArguments, DPOConfig
 
 def make_parser() -> TrlParser:
     """The argument parser of `psft dpo` (also reads `--config FILE.yaml`)."""
-    return TrlParser((DPOArguments, DPOConfig, ModelConfig), prog="psft dpo")
+    return config_parser((DPOArguments, DPOConfig, ModelConfig), prog="psft dpo")
 
 
 def main(argv: list[str]) -> int:

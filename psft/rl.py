@@ -20,7 +20,7 @@ from typing import Any
 from datasets import Dataset
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
-from psft.args import parse_config_and_flags
+from psft.args import config_parser, parse_config_and_flags
 from psft.data import is_builtin
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
@@ -220,7 +220,7 @@ def load_rl_config(path: str, output_dir: str) -> tuple[RLArguments, RLConfig]:
 
 def make_parser() -> TrlParser:
     """The argument parser of `psft rl` (also reads `--config FILE.yaml`)."""
-    return TrlParser((RLArguments, RLConfig, ModelConfig), prog="psft rl")
+    return config_parser((RLArguments, RLConfig, ModelConfig), prog="psft rl")
 
 
 def main(argv: list[str]) -> int:

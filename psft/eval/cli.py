@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from psft.args import ArgumentParser
 from psft.errors import UserError
 from psft.eval.checkers import infer_checker
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="psft eval", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="psft eval", description=__doc__.split("\n")[0])
     p.add_argument(
         "--model", required=True, help="checkpoint directory (model + tokenizer), psft/tiny-base or hub id"
     )
