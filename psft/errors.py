@@ -45,7 +45,8 @@ def run_command(name: str, command: Callable[[], int | None]) -> int:
       on one line of stderr, exit code 2;
     - Ctrl-C: one line (what was saved), exit code 130;
     - `OSError` (disk full, permissions, a model the disk or the hub does not have): its first line, exit code 1;
-    - anything else is a bug in psft: its traceback, then one line asking to report it, exit code 1.
+    - anything else is not a mistake psft recognises (likely a bug): its traceback, then one line asking to
+      report it, exit code 1.
 
     With `PSFT_DEBUG=1` nothing is caught: every exception propagates with its traceback."""
     if os.environ.get("PSFT_DEBUG"):
@@ -64,11 +65,11 @@ def run_command(name: str, command: Callable[[], int | None]) -> int:
     except OSError as err:  # disk full, permissions, a model the hub or the disk does not have
         print(f"psft {name}: error: {first_line(err)}", file=sys.stderr)
         return 1
-    except Exception as err:  # not the user's doing: show where, and ask for a report
+    except Exception as err:  # not a mistake psft recognised: show where, and ask for a report
         traceback.print_exc()
         print(
-            f"psft {name}: internal error ({type(err).__name__}): this is a bug in psft, not in your input; "
-            "please report it with the command you ran and the traceback above",
+            f"psft {name}: unexpected error ({type(err).__name__}): psft did not expect this, so it is likely a "
+            "bug; please report it with the command you ran and the traceback above",
             file=sys.stderr,
         )
         return 1
