@@ -478,6 +478,9 @@ def load_dpo_config(path: str, output_dir: str) -> tuple[DPOArguments, DPOConfig
     return dpo_args, config
 
 
+USAGE = "psft dpo --config dpo.yaml [--key value ...]   (every YAML field is also a flag)"
+
+
 def make_parser() -> TrlParser:
     """The argument parser of `psft dpo` (also reads `--config FILE.yaml`)."""
     return config_parser((DPOArguments, DPOConfig, ModelConfig), prog="psft dpo")
@@ -485,11 +488,7 @@ def make_parser() -> TrlParser:
 
 def main(argv: list[str]) -> int:
     """One DPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    parsed = parse_stage_command(
-        make_parser(),
-        argv,
-        "psft dpo --config dpo.yaml [--key value ...]   (every YAML field is also a flag)",
-    )
+    parsed = parse_stage_command(make_parser(), argv, USAGE)
     if parsed is None:  # help was printed
         return 0
     dpo_args, config, model_args = parsed

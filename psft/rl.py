@@ -218,6 +218,9 @@ def load_rl_config(path: str, output_dir: str) -> tuple[RLArguments, RLConfig]:
     return rl_args, config
 
 
+USAGE = "psft rl --config rl.yaml [--key value ...]   (every YAML field is also a flag)"
+
+
 def make_parser() -> TrlParser:
     """The argument parser of `psft rl` (also reads `--config FILE.yaml`)."""
     return config_parser((RLArguments, RLConfig, ModelConfig), prog="psft rl")
@@ -225,9 +228,7 @@ def make_parser() -> TrlParser:
 
 def main(argv: list[str]) -> int:
     """One GRPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    parsed = parse_stage_command(
-        make_parser(), argv, "psft rl --config rl.yaml [--key value ...]   (every YAML field is also a flag)"
-    )
+    parsed = parse_stage_command(make_parser(), argv, USAGE)
     if parsed is None:  # help was printed
         return 0
     rl_args, config, model_args = parsed
