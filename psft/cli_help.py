@@ -35,9 +35,21 @@ COMMON_FIELDS = (
 )  # fmt: skip
 
 HELP_FLAGS = ("-h", "--help", "--help-all")
-SHIPPED = Path(__file__).parent / "assets" / "help"  # specs shipped with the package (python -m psft.cli_help)
+SHIPPED = (
+    Path(__file__).parent / "assets" / "help"
+)  # specs shipped with the package (python -m psft.cli_help)
 UPSTREAM = ("trl", "transformers")  # the packages whose dataclasses the parsers list
-_ACTION_FIELDS = ("option_strings", "dest", "nargs", "const", "default", "choices", "required", "help", "metavar")
+_ACTION_FIELDS = (
+    "option_strings",
+    "dest",
+    "nargs",
+    "const",
+    "default",
+    "choices",
+    "required",
+    "help",
+    "metavar",
+)
 
 
 def own_fields(parser: argparse.ArgumentParser) -> list[str]:
