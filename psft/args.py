@@ -130,7 +130,7 @@ def _nullable_fields(parser: TrlParser) -> dict[str, bool]:
     for dataclass_type in parser.dataclass_types:
         try:
             hints = typing.get_type_hints(dataclass_type)
-        except Exception:  # an unresolvable annotation: accept anything for that class
+        except (NameError, TypeError):  # an unresolvable annotation: accept anything for that class
             continue
         for field in dataclasses.fields(dataclass_type):
             hint = hints.get(field.name)
