@@ -418,7 +418,8 @@ def training_arguments(config: CompareConfig, run: dict[str, Any], out_dir: Path
     known = {f.name for f in fields(PSFTConfig) if f.init}
     for key in settings:
         if key not in known:
-            where = "training" if key in config.training and key not in run["overrides"] else f"method {run['name']!r}"
+            shared = key in config.training and key not in run["overrides"]
+            where = "training" if shared else f"method {run['name']!r}"
             raise UserError(f"{where}: unknown PSFTConfig field {key!r}{did_you_mean(key, known)}")
     try:
         return PSFTConfig(**settings)
@@ -446,7 +447,8 @@ def validate_plan(config: CompareConfig, quiet: bool = False) -> list[dict[str, 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             training_arguments(config, run, Path(config.output_dir) / run["id"])
-        for message in dict.fromkeys(str(w.message) for w in caught if w.category is UserWarning and not quiet):
+        messages = [str(w.message) for w in caught if w.category is UserWarning and not quiet]
+        for message in dict.fromkeys(messages):
             console.print(f"[yellow]warning[/yellow] {escape(run['name'])}: {escape(message)}")
     return plan
 

@@ -466,13 +466,14 @@ def check_honoured_options(args: TrainingArguments, compute_loss_func: Any = Non
             "use_liger_kernel=true is not supported: Liger replaces the model's forward and loss, and PSFTTrainer's "
             "objectives need the per-token log-probs of TRL's fused LM head; remove the option"
         )
-    if getattr(args, "padding_free", False) and getattr(args, "packing", False) and args.packing_strategy == "wrapped":
+    padding_free = getattr(args, "padding_free", False)
+    if padding_free and getattr(args, "packing", False) and args.packing_strategy == "wrapped":
         raise UserError(
             "padding_free=true with packing_strategy=wrapped is not supported: wrapped rows cut sequences, so the "
             "flattened positions would restart mid-sequence; use packing_strategy bfd (padding-free already) or "
             "padding_free=false"
         )
-    if getattr(args, "padding_free", False) and not args.packing and args.max_length is not None:
+    if padding_free and not args.packing and args.max_length is not None:
         raise UserError(  # TRL's SFTTrainer refuses it too, but only after the model has loaded
             f"padding_free=true without packing does not cut sequences to max_length={args.max_length}; set "
             "max_length: null, or packing: true (bfd packing is padding-free)"
