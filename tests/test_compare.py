@@ -312,3 +312,153 @@ def test_readme_compare_examples_exist_and_parse():
     assert "examples/compare.yaml" in paths
     for path in paths:
         assert len(CompareConfig.from_yaml(str(root / path)).runs()) == 18
+
+
+# ------------------------------------------------------------------ the plan is checked before anything trains
+def _compare_yaml(tmp_path, **fields_):
+    path = tmp_path / "e.yaml"
+    methods = [{"name": "sft", "loss_type": "sft"}, {"name": "psft", "loss_type": "psft"}]
+    path.write_text(yaml.safe_dump({"methods": methods, **fields_}))
+    return str(path)
+
+
+def _one_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"psft {command}: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize(
+    ("third", "expected"),
+    [
+        ({"name": "bad", "loss_type": "ppo"}, "method 'bad': loss_type: unknown loss_type 'ppo'"),
+        (
+            {"name": "typo", "loss_type": "sft", "learning_rte": 1e-4},
+            "method 'typo': unknown PSFTConfig field 'learning_rte'; did you mean 'learning_rate'?",
+        ),
+        (
+            {"name": "eps", "loss_type": "psft", "epsilon": 2},
+            "method 'eps': epsilon must be in (0, 1), got 2",
+        ),
+    ],
+)
+def test_a_bad_last_method_is_refused_before_the_first_run_trains(
+    tmp_path, monkeypatch, capsys, third, expected, quick
+):
+    """Without --quick the third method would train last; with --quick it would be dropped: either way the
+    mistake is one line before any run (nothing trained, no output directory)."""
+    trained = _fake_runs(monkeypatch)
+    path = tmp_path / "e.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"methods": [{"name": "sft", "loss_type": "sft"}, {"name": "psft", "loss_type": "psft"}, third]}
+        )
+    )
+    out = tmp_path / "o"
+    argv = ["compare", "--config", str(path), "--output_dir", str(out)] + (["--quick"] if quick else [])
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert expected in _one_line(capsys, "compare")
+    assert trained == [] and not out.exists()
+
+
+def test_a_typo_in_the_shared_training_settings_names_the_field(tmp_path, monkeypatch, capsys):
+    trained = _fake_runs(monkeypatch)
+    argv = [
+        "compare",
+        "--config",
+        _compare_yaml(tmp_path, training={"max_stepz": 3}),
+        "--output_dir",
+        str(tmp_path),
+    ]
+    assert main(argv) == 2
+    assert "training: unknown PSFTConfig field 'max_stepz'; did you mean 'max_steps'?" in _one_line(
+        capsys, "compare"
+    )
+    assert trained == []
+
+
+def test_reference_method_must_name_a_method_and_defaults_to_sft_else_the_first(
+    tmp_path, monkeypatch, capsys
+):
+    trained = _fake_runs(monkeypatch)
+    argv = [
+        "compare",
+        "--config",
+        _compare_yaml(tmp_path, reference_method="sftt"),
+        "--output_dir",
+        str(tmp_path),
+    ]
+    assert main(argv) == 2
+    line = _one_line(capsys, "compare")
+    assert "reference_method 'sftt' is not one of the methods (sft, psft); did you mean 'sft'?" in line
+    assert trained == []
+    psft_first = [{"name": "p", "loss_type": "psft"}, {"name": "sft", "loss_type": "sft"}]
+    assert CompareConfig(methods=psft_first).reference() == "sft"
+    assert CompareConfig(methods=psft_first, reference_method="p").reference() == "p"
+    assert CompareConfig(methods=[{"loss_type": "dft"}, {"loss_type": "psft"}]).reference() == "dft"
+
+
+def test_the_report_compares_with_the_reference_even_when_it_is_not_the_first_method(tmp_path, monkeypatch):
+    _fake_runs(monkeypatch)
+    config = CompareConfig(
+        methods=[{"name": "p", "loss_type": "psft"}, {"name": "sft", "loss_type": "sft"}],
+        output_dir=str(tmp_path),
+    )
+    report = compare(config)
+    assert report["summary"]["reference"] == "sft"
+    assert [g["method"] for g in report["summary"]["frontier_gaps"]] == ["p"]
+
+
+def test_quick_says_what_it_leaves_out_and_honours_seeds_given_on_the_command_line(
+    tmp_path, monkeypatch, capsys
+):
+    trained = _fake_runs(monkeypatch)
+    third = {"name": "sft-low", "loss_type": "sft", "learning_rate": 1e-5}
+    path = tmp_path / "e.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "methods": [
+                    {"name": "sft", "loss_type": "sft"},
+                    {"name": "psft", "loss_type": "psft"},
+                    third,
+                ],
+                "seeds": [0, 1, 2],
+                "reference_method": "sft-low",
+            }
+        )
+    )
+    assert main(["compare", "--config", str(path), "--quick", "--output_dir", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert trained == ["sft-seed0", "psft-seed0"]
+    assert "--quick runs 2 of the 3 settings; left out: sft-low" in err
+    assert "--quick runs seed(s) 0 of 0, 1, 2; left out: 1, 2" in err
+    assert "--quick leaves out reference_method sft-low; the report compares with sft" in err
+
+    trained.clear()
+    assert main(["demo", "--quick", "--seeds", "0", "1", "--output_dir", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert trained == ["sft-seed0", "psft-K8-seed0", "sft-seed1", "psft-K8-seed1"]  # both seeds run
+    assert "left out: sft-lr/3, sft-warmup" in err and "--quick runs seed" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["compare", "--methods", "sft", "psfft"],
+            "unknown option --methods: methods is a CompareConfig field; set it in the --config YAML file",
+        ),
+        (
+            ["compare", "--config", "e.yaml", "--seedz", "1"],
+            "unrecognized arguments: --seedz 1; did you mean '--seeds'?",
+        ),
+        (["demo", "--eval_size", "3"], "unknown option --eval_size: eval_size is a CompareConfig field"),
+        (["compare"], "one of the arguments --config --report is required"),
+    ],
+)
+def test_an_unknown_option_is_named_before_a_missing_config(argv, expected, capsys):
+    assert main(argv) == 2
+    assert expected in _one_line(capsys, argv[0])

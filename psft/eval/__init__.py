@@ -8,11 +8,37 @@
 - `psft eval ...` on the command line (`psft.eval.cli`).
 """
 
-from psft.eval.callback import EvalCallback
-from psft.eval.checkers import Verdict, get_checker, list_checkers, register_checker
-from psft.eval.drift import DriftResult, compute_reference_stats, measure_drift
-from psft.eval.generate import GenerationResult, TaskScore, evaluate_generation, generate, pass_at_k
-from psft.eval.records import EvalRecord, load_records
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it; loaded on first use, so that `psft eval --help` (psft.eval.cli) does not
+# import torch and transformers
+_EXPORTS = {
+    "EvalCallback": "psft.eval.callback",
+    "Verdict": "psft.eval.checkers",
+    "get_checker": "psft.eval.checkers",
+    "list_checkers": "psft.eval.checkers",
+    "register_checker": "psft.eval.checkers",
+    "DriftResult": "psft.eval.drift",
+    "compute_reference_stats": "psft.eval.drift",
+    "measure_drift": "psft.eval.drift",
+    "GenerationResult": "psft.eval.generate",
+    "TaskScore": "psft.eval.generate",
+    "evaluate_generation": "psft.eval.generate",
+    "generate": "psft.eval.generate",
+    "pass_at_k": "psft.eval.generate",
+    "EvalRecord": "psft.eval.records",
+    "load_records": "psft.eval.records",
+}
+
+if TYPE_CHECKING:
+    from psft.eval.callback import EvalCallback
+    from psft.eval.checkers import Verdict, get_checker, list_checkers, register_checker
+    from psft.eval.drift import DriftResult, compute_reference_stats, measure_drift
+    from psft.eval.generate import GenerationResult, TaskScore, evaluate_generation, generate, pass_at_k
+    from psft.eval.records import EvalRecord, load_records
 
 __all__ = [
     "DriftResult",
@@ -31,3 +57,11 @@ __all__ = [
     "pass_at_k",
     "register_checker",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'psft.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

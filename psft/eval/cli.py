@@ -14,14 +14,12 @@ import importlib
 import json
 from pathlib import Path
 
-import torch
-
+from psft.args import ArgumentParser
 from psft.errors import UserError
-from psft.eval.checkers import infer_checker
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="psft eval", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="psft eval", description=__doc__.split("\n")[0])
     p.add_argument(
         "--model", required=True, help="checkpoint directory (model + tokenizer), psft/tiny-base or hub id"
     )
@@ -139,7 +137,10 @@ def import_plugins(modules: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run what the arguments ask for; returns the metrics (also written to ``--output/metrics.json``)."""
+    import torch
+
     import_plugins(args.imports)
+    from psft.eval.checkers import infer_checker
     from psft.eval.drift import compute_reference_stats, measure_drift
     from psft.eval.generate import evaluate_generation
     from psft.eval.records import load_records, load_rows
