@@ -84,7 +84,7 @@ def train(out_dir: Path, engine: str, overrides: dict) -> dict:
     table = out_dir / "out" / REFERENCE_FILE
     return {
         "snapshots": snapshots.by_step,
-        "nonfinite_skipped": trainer.nonfinite_skipped,
+        "nonfinite_skipped": trainer.run_state.nonfinite_skipped,
         "lr_scheduler_steps": trainer.lr_scheduler.scheduler.last_epoch
         if hasattr(trainer.lr_scheduler, "scheduler")
         else trainer.lr_scheduler.last_epoch,

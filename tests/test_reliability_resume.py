@@ -41,7 +41,7 @@ def test_sigkill_while_saving_inside_a_rollout_then_resume_gives_the_same_parame
     assert killed.returncode == -9
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     assert (out / "tmp-checkpoint-9").is_dir()  # the half-written one is invisible to resume_from_checkpoint
-    state = torch.load(out / "checkpoint-6" / "psft_rollout_state_0.pt", weights_only=True)
+    state = torch.load(out / "checkpoint-6" / "psft_run_state_0.pt", weights_only=True)
     assert len(state["pending"]) == 2 and state["pending"][0][0][1] is not None
     resumed = run(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -57,11 +57,11 @@ def test_resuming_without_the_rollout_state_drifts_so_the_state_is_what_makes_it
 ):
     out = tmp_path / "run"
     assert run(out, "--kill-saving", "9").returncode == -9
-    (out / "checkpoint-6" / "psft_rollout_state_0.pt").unlink()
+    (out / "checkpoint-6" / "psft_run_state_0.pt").unlink()
     write_manifest(str(out / "checkpoint-6"))  # a complete checkpoint without the state (older psft)
     resumed = run(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "has no PSFT rollout state" in resumed.stderr
+    assert "has no PSFT run state" in resumed.stderr
     after = final_params(out)
     assert max((after[k] - v).abs().max().item() for k, v in uninterrupted.items()) > 1e-3
 
