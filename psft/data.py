@@ -248,9 +248,7 @@ def validate_records(
     return dataset
 
 
-def check_chat_template(
-    tokenizer: Any, chat_template_path: str | None = None, model_name: str = "model"
-) -> None:
+def check_chat_template(tokenizer: Any, chat_template_path: str | None = None, model_name: str = "model") -> None:
     """With `assistant_only_loss`: make `tokenizer` carry the chat template the run trains with (the user's
     `chat_template_path`, or psft's checked patch of a ChatML template without `{% generation %}` markers),
     or raise a one-line error naming the model and the fix. See `psft.templates`."""

@@ -309,10 +309,7 @@ def test_compare_dpo_chains_the_same_dpo_run_from_every_fine_tuned_method(tmp_pa
     assert report["methods"].keys() == {"sft", "psft"}
     for name in ("sft", "psft"):
         result = report["methods"][name]
-        assert (
-            result["checkpoint"] == str(tmp_path / "cmp" / f"{name}-seed0")
-            and result["dpo_train"]["steps"] == 2
-        )
+        assert result["checkpoint"] == str(tmp_path / "cmp" / f"{name}-seed0") and result["dpo_train"]["steps"] == 2
         assert result["before_dpo"]["preference"]["reference"] == str(tiny_model_dir)
         assert result["before_dpo"]["drift"]["kl"] > 0  # fine-tuned: it moved from the base
         assert (tmp_path / "cmp" / "dpo" / name / "model.safetensors").is_file()

@@ -36,9 +36,7 @@ def test_generator_is_deterministic_in_seed(task):
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_train_and_test_splits_are_disjoint(task):
-    n_test, n_train = (
-        (100, 500) if task == IN_DOMAIN_TASK else (150, 600) if task in INSTRUCT_TASKS else (300, 600)
-    )
+    n_test, n_train = (100, 500) if task == IN_DOMAIN_TASK else (150, 600) if task in INSTRUCT_TASKS else (300, 600)
     train = {e.prompt for seed in (0, 1) for e in generate(task, n_train, seed=seed, split="train")}
     test = generate(task, n_test, seed=0, split="test")
     assert all(split_of(e) == "test" for e in test)
@@ -81,9 +79,7 @@ def test_general_references_are_right():
     assert max(len(e.prompt) + len(e.completion) for t in tiny_model_tasks for e in generate(t, 200)) < 64
 
 
-@pytest.mark.parametrize(
-    "task", [t for t in TASKS if t not in ("trivia", "instruct")]
-)  # see test_instruct_tasks
+@pytest.mark.parametrize("task", [t for t in TASKS if t not in ("trivia", "instruct")])  # see test_instruct_tasks
 def test_reference_completions_pass_their_checker_and_wrong_answers_fail(task):
     for e in generate(task, 20, seed=1):
         check = get_checker(e.checker)

@@ -128,10 +128,7 @@ def _as_chat(records: list, tokenizer, raw: bool, metrics: dict) -> list:
     metrics["chat_template"] = chat
     if not chat:
         return records
-    return [
-        replace(r, prompt=[{"role": "user", "content": r.prompt}]) if isinstance(r.prompt, str) else r
-        for r in records
-    ]
+    return [replace(r, prompt=[{"role": "user", "content": r.prompt}]) if isinstance(r.prompt, str) else r for r in records]
 
 
 def import_plugins(modules: list[str]) -> None:
@@ -181,11 +178,7 @@ def run(args: argparse.Namespace) -> dict:
         checker = args.checker or infer_checker(records)
         metrics["checker"] = checker
         unnamed = sum(1 for r in records if not r.checker)
-        how = (
-            "--checker"
-            if args.checker
-            else "auto: math if every reference is a number or \\boxed{}, else exact"
-        )
+        how = "--checker" if args.checker else "auto: math if every reference is a number or \\boxed{}, else exact"
         print(
             f"checker for records without a 'checker' field: {checker} ({how}; {unnamed} of {len(records)} records)"
         )
