@@ -34,7 +34,8 @@ def engine_in_use(trainer) -> str:
             world = trainer.accelerator.num_processes
             params = list(trainer.accelerator.unwrap_model(trainer.model).parameters())
             sharded = all(
-                hasattr(p, "ds_numel") and not p.ds_persist and p.ds_tensor.numel() < p.ds_numel for p in params
+                hasattr(p, "ds_numel") and not p.ds_persist and p.ds_tensor.numel() < p.ds_numel
+                for p in params
             )
             return "zero3" + ("" if sharded and world > 1 else "-unsharded")
         return f"zero{stage}"

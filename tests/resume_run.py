@@ -19,7 +19,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 from distributed_run import full_params  # noqa: E402
 from engines import ENGINES  # noqa: E402
 from trainer_support import TOKENIZER, common_args, prompt_completion_data  # noqa: E402
-
 from transformers import TrainerCallback  # noqa: E402
 
 from psft import PSFTConfig, PSFTTrainer  # noqa: E402
