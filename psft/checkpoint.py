@@ -17,6 +17,9 @@ tokenised training data): a resume that changes any of them is refused, naming t
 Its last file, `psft_complete.json`, lists every file's size; before loading, a checkpoint is checked against
 it (and every safetensors header against its file), so a truncated or half-copied checkpoint is named, with
 the previous good one, instead of failing deep inside the loader.
+
+`psft.lock` in the output directory (`acquire_lock`) keeps a second run from training into it at the same time;
+a lock whose process is gone is stale and taken over.
 """
 
 from __future__ import annotations
