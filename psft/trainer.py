@@ -2,12 +2,13 @@
 
 The schedule (`../shared/PSFT.md` §2) is `psft.schedule.RolloutSchedule`, a pure function of the step; the
 trainer follows it in `get_batch_samples`, the hook where `transformers.Trainer` fetches one optimizer step's
-micro-batches. At the start of a rollout it fetches K optimizer steps' worth of micro-batches at once, computes the current model's per-token log-probs on them without gradient (the
-old policy), attaches them to the micro-batches, and then hands the mini-batches out one optimizer step at
-a time. The first mini-batch needs no extra forward: its ratio is exactly 1, so its old log-probs are the
-detached current ones. Data order, gradient accumulation, clipping, the LR scheduler, logging and
-checkpointing stay the Trainer's own. The run's mutable state (rollout position, pending old log-probs,
-counters, reference fingerprint) is `self.run_state` (`psft.run_state.RunState`), saved in every checkpoint.
+micro-batches. At the start of a rollout it fetches K optimizer steps' worth of micro-batches at once, computes
+the current model's per-token log-probs on them without gradient (the old policy), attaches them to the
+micro-batches, and then hands the mini-batches out one optimizer step at a time. The first mini-batch needs no
+extra forward: its ratio is exactly 1, so its old log-probs are the detached current ones. Data order, gradient
+accumulation, clipping, the LR scheduler, logging and checkpointing stay the Trainer's own. The run's mutable
+state (rollout position, pending old log-probs, counters, reference fingerprint) is `self.run_state`
+(`psft.run_state.RunState`), saved in every checkpoint.
 
 The loss is the exact token-mean over every loss token of the optimizer step, across gradient-accumulation
 micro-batches and processes (verl's per-micro-batch mean is not).
@@ -276,9 +277,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         that its pass computes what the training forward would with the initial parameters."""
         if not getattr(self._ref_model, "_psft_prepared", False):
             if self.is_deepspeed_enabled:
-                self._ref_engine = prepare_deepspeed(
-                    self._ref_model, self.accelerator
-                )  # keeps its hooks alive
+                self._ref_engine = prepare_deepspeed(self._ref_model, self.accelerator)  # keeps its hooks alive
                 self._ref_model = self._ref_engine.module
             elif self.is_fsdp_enabled:
                 self._ref_model = prepare_fsdp(self._ref_model, self.accelerator)
