@@ -4,10 +4,13 @@ reference lookup under left padding."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,3 +247,45 @@ def test_sft_kl_with_a_left_padding_collator_finds_every_reference_row(tmp_path)
     trainer.train()
     logs = [log["kl_ref"] for log in trainer.state.log_history if "kl_ref" in log]
     assert len(logs) == 3 and max(abs(x) for x in logs) < 1e-5
+
+
+# ------------------------------------------------------------------------------------ SIGTERM, psft train
+def test_psft_train_on_sigterm_checkpoints_at_the_step_boundary_and_says_how_to_resume(
+    tmp_path, tiny_model_dir
+):
+    """A real `psft train` process sent SIGTERM (from outside, as a scheduler would) once checkpoint-2 exists: it
+    writes a checkpoint at the next step boundary and exits with one line naming it (the library test in
+    test_reliability_resume.py shows that checkpoint is off the save_steps grid; 15-35 s)."""
+    import time
+
+    from test_cli_errors import base_config, config_argv
+
+    from psft.checkpoint import checkpoint_problem
+
+    config = base_config(tmp_path, tiny_model_dir, max_steps=100_000, save_strategy="steps", save_steps=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("PSFT_DEBUG", None)
+    argv = [sys.executable, "-m", "psft.cli", *config_argv(tmp_path, config)]
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    out = tmp_path / "out"
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint-2").is_dir() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        assert (out / "checkpoint-2").is_dir(), "no checkpoint was written"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    last = last[last.find("psft train: interrupted") :]
+    assert last.startswith("psft train: interrupted: the last complete checkpoint is "), last
+    assert last.endswith("continue with --resume_from_checkpoint true"), last
+    named = last.split("the last complete checkpoint is ")[1].split(";")[0]
+    state = json.loads((Path(named) / "trainer_state.json").read_text())
+    assert checkpoint_problem(named) is None and state["global_step"] > 2  # where the run stopped
+    assert named == str(sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1])
+    assert not (out / "psft.lock").exists()
