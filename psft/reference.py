@@ -47,7 +47,9 @@ def _rows(batch: dict[str, Tensor]) -> Iterator[tuple[int, Tensor, bytes]]:
         predicted[1:] = loss[: length - 1]
         real = torch.ones_like(predicted) if mask is None else mask[row].bool().to(loss.device)
         key = hashlib.sha1(input_ids[row][real.to(input_ids.device)].to("cpu", torch.int64).numpy().tobytes())
-        key.update(predicted[real].nonzero().flatten().to("cpu", torch.int64).numpy().tobytes())
+        # target index among the real tokens (the same bytes as before left padding was handled: old tables load)
+        targets_at = predicted[real].nonzero().flatten() - 1
+        key.update(targets_at.to("cpu", torch.int64).numpy().tobytes())
         yield row, loss, key.digest()
 
 
