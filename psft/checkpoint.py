@@ -2,10 +2,10 @@
 
 A checkpoint taken inside a rollout must let a resumed run finish that rollout against the *same* old policy
 (the model at the rollout's start, which no longer exists). The remaining mini-batches' old log-probs are
-saved with the checkpoint (`psft_rollout_state_<process>.pt`), each micro-batch keyed by a hash of its tokens;
-on resume the Trainer re-fetches the same micro-batches (`skip_first_batches`), and the saved log-probs are
-re-attached after checking the hashes. Everything else (weights, optimizer, scheduler, RNG, data position)
-is the Trainer's own checkpoint.
+saved with the checkpoint in the run state (`psft.run_state`, `psft_run_state_<process>.pt`), each micro-batch
+keyed by a hash of its tokens; on resume the Trainer re-fetches the same micro-batches (`skip_first_batches`), and
+the saved log-probs are re-attached after checking the hashes. Everything else (weights, optimizer, scheduler,
+RNG, data position) is the Trainer's own checkpoint.
 
 Checkpoints are written to `tmp-checkpoint-N/checkpoint-N`, flushed to disk, and renamed to `checkpoint-N`
 only when complete: a crash during a save leaves the previous checkpoints as they were, and the half-written
@@ -17,17 +17,24 @@ tokenised training data): a resume that changes any of them is refused, naming t
 Its last file, `psft_complete.json`, lists every file's size; before loading, a checkpoint is checked against
 it (and every safetensors header against its file), so a truncated or half-copied checkpoint is named, with
 the previous good one, instead of failing deep inside the loader.
+
+`psft.lock` in the output directory (`acquire_lock`) keeps a second run from training into it at the same time;
+a lock whose process is gone is stale and taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import socket
 import struct
+import time
 from typing import Any
 
 import torch
@@ -39,7 +46,7 @@ from psft.errors import UserError
 logger = logging.get_logger(__name__)
 
 STAGING_PREFIX = "tmp-"
-ROLLOUT_STATE = "psft_rollout_state_{}.pt"
+LOCK_FILE = "psft.lock"
 RUN_FILE = "psft_run.json"
 MANIFEST = "psft_complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -68,34 +75,6 @@ def fingerprint(micro_batch: dict[str, Any]) -> str:
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()
-
-
-def rollout_state(
-    pending: list[list[dict[str, Any]]], key: str, global_step: int, rollout_index: int
-) -> dict[str, Any]:
-    """What a checkpoint needs to finish the current rollout exactly: the pending micro-batches' hashes and
-    their tensor `key` (the old log-probs), on CPU."""
-    return {
-        "global_step": global_step,
-        "rollout_index": rollout_index,
-        "pending": [
-            [(fingerprint(mb), None if mb.get(key) is None else mb[key].detach().cpu()) for mb in mini_batch]
-            for mini_batch in pending
-        ],
-    }
-
-
-def save_rollout_state(directory: str, process_index: int, state: dict[str, Any]) -> None:
-    os.makedirs(directory, exist_ok=True)
-    torch.save(state, os.path.join(directory, ROLLOUT_STATE.format(process_index)))
-
-
-def load_rollout_state(checkpoint: str, process_index: int) -> dict[str, Any] | None:
-    """This process's saved rollout state, or None for a checkpoint written without one."""
-    path = os.path.join(checkpoint, ROLLOUT_STATE.format(process_index))
-    if not os.path.isfile(path):
-        return None
-    return torch.load(path, weights_only=True)
 
 
 def restore_old_log_probs(
@@ -366,3 +345,77 @@ def _fallback(run_dir: str, bad: str) -> str:
                 f"(or delete {bad})"
             )
     return "; there is no other complete checkpoint in " + run_dir
+
+
+# ---------------------------------------------------------------------------------------------------- lock
+def acquire_lock(run_dir: str) -> str:
+    """Claim `run_dir` for this run (`psft.lock`, holding this process's pid and host), or refuse with one line
+    when another live run holds it. A lock whose process is gone (a crash, a SIGKILL) on this host is stale and
+    taken over; one from another host cannot be checked and is refused with how to clear it. Returns the path."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, LOCK_FILE)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):  # another process may take over a stale lock between our checks
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is None and _age(path) > 30:  # left empty by a process that died while taking it
+                holder = {"pid": -1, "host": socket.gethostname()}
+            if holder is None or _alive(holder):
+                who = "a run being set up" if holder is None else f"pid {holder['pid']} on {holder['host']}"
+                raise UserError(
+                    f"output_dir {run_dir} is in use by another run ({who}, {path}): wait for it to finish or use "
+                    f"another output_dir (delete {path} if that run is gone)"
+                ) from None
+            logger.warning(f"{path}: taking over the lock of pid {holder['pid']}, which no longer runs")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return path
+    raise UserError(f"output_dir {run_dir}: could not take {path}; another run is starting there")
+
+
+def release_lock(path: str) -> None:
+    """Remove the lock if it is still this process's."""
+    holder = _lock_holder(path)
+    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _lock_holder(path: str) -> dict[str, Any] | None:
+    """The lock's {pid, host}; None while it is being written (empty) or unreadable."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+    except FileNotFoundError:
+        return {"pid": -1, "host": socket.gethostname()}  # removed meanwhile: stale, retry
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) and "pid" in holder and "host" in holder else None
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.path.getmtime(path)
+    except FileNotFoundError:
+        return math.inf
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the lock's process runs (always assumed for another host, which cannot be checked)."""
+    if holder["host"] != socket.gethostname():
+        return True
+    pid = int(holder["pid"])
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True

@@ -4,7 +4,9 @@ The training data are fixed, so the reference (initial) model's per-token log-pr
 once, before the first update, and looked up later by the content of each row: a row's log-probs depend only
 on its tokens, so the table is keyed by content and any shuffling, batching or padding of the data finds them.
 Only the loss tokens' log-probs are stored (what `sft_kl`/`asft` read): 4 bytes per loss token, far below a second
-copy of the model. Each process scores a shard of the data; the shards are then merged on every process.
+copy of the model. Each process scores a shard of the data; the shards are then merged on every process. The table
+lives in the output directory; every checkpoint records its `fingerprint()` (`psft.run_state`), so a resume with a
+table another run wrote there is refused.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ def _targets(batch: dict[str, Tensor]) -> Tensor:
 
 def _rows(batch: dict[str, Tensor]) -> Iterator[tuple[int, Tensor, bytes]]:
     """(row, its loss-token mask over the targets, content key) for every row of a padded micro-batch. The key
-    hashes the row's real tokens and its loss mask, so the same text with another loss mask is another row."""
+    hashes the row's real tokens and which of them are loss targets, counted among the real tokens only, so the same
+    row padded on the left, on the right or not at all has one key; the same text with another loss mask is another
+    row."""
     if "position_ids" in batch and "attention_mask" not in batch:
         raise UserError(
             "reference log-probs cannot be precomputed for packed (padding-free) batches; "
@@ -40,11 +44,17 @@ def _rows(batch: dict[str, Tensor]) -> Iterator[tuple[int, Tensor, bytes]]:
         )
     input_ids, targets = batch["input_ids"], _targets(batch)
     mask = batch.get("attention_mask")
+    length = input_ids.shape[1]
     for row in range(input_ids.shape[0]):
-        real = input_ids[row] if mask is None else input_ids[row][mask[row].bool()]
         loss = targets[row] != -100
-        key = hashlib.sha1(real.to("cpu", torch.int64).numpy().tobytes())
-        key.update(loss.nonzero().flatten().to("cpu", torch.int64).numpy().tobytes())
+        # target j predicts token j + 1 (`labels[:, 1:]` and pre-shifted `shift_labels` alike)
+        predicted = torch.zeros(length, dtype=torch.bool, device=loss.device)
+        predicted[1:] = loss[: length - 1]
+        real = torch.ones_like(predicted) if mask is None else mask[row].bool().to(loss.device)
+        key = hashlib.sha1(input_ids[row][real.to(input_ids.device)].to("cpu", torch.int64).numpy().tobytes())
+        # target index among the real tokens (the same bytes as before left padding was handled: old tables load)
+        targets_at = predicted[real].nonzero().flatten() - 1
+        key.update(targets_at.to("cpu", torch.int64).numpy().tobytes())
         yield row, loss, key.digest()
 
 
@@ -77,6 +87,14 @@ class ReferenceTable:
                 )
             out[row, loss.to(out.device)] = self.rows[key].to(out.device)
         return out
+
+    def fingerprint(self) -> str:
+        """A hash of the table's contents (rows and values, in key order): what a checkpoint records."""
+        digest = hashlib.sha1(str(len(self.rows)).encode())
+        for key in sorted(self.rows):
+            digest.update(key)
+            digest.update(self.rows[key].numpy().tobytes())
+        return digest.hexdigest()
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a crash mid-save leaves the previous file (or none), never a torn one."""

@@ -3,10 +3,14 @@
 - Data: every raw record is validated before tokenisation (`psft.data.validate_records`), and records that
   truncation to `max_length` leaves without a loss token (TRL drops them silently) are an error, or a logged
   skip with `skip_invalid_records`.
-- Checkpoints are written atomically and carry the pending old log-probs of an interrupted rollout, so a
-  resumed run ends with the same parameters as an uninterrupted one (`psft.checkpoint`). A checkpoint to resume
-  is checked first: whole (a completeness manifest), and saved by a run with the same meaning (objective,
-  schedule, batch shape, world size, data).
+- Checkpoints are written atomically and carry the run state (`psft.run_state`: the pending old log-probs of an
+  interrupted rollout, the non-finite counters, the reference fingerprint, the drift base), so a resumed run ends
+  with the same parameters as an uninterrupted one (`psft.checkpoint`). A checkpoint to resume is checked first:
+  whole (a completeness manifest), and saved by a run with the same meaning (objective, schedule, batch shape,
+  world size, data).
+- One run per output directory (`psft.lock`, stale locks of dead processes taken over), and SIGTERM (what Slurm
+  and Kubernetes send before killing) writes a checkpoint at the next step boundary and stops the run with
+  `psft.run_state.Preempted`, whose one line says how to resume.
 - An optimizer step with a non-finite loss or gradient is skipped for real: gradients are dropped (`None`, so
   AdamW neither moves the weights nor advances its moments or step count) and the optimizer reports the step as
   skipped, so the LR scheduler does not advance either. Under DeepSpeed, whose engine steps inside `backward`,
@@ -15,46 +19,53 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from torch import Tensor
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
 from psft.checkpoint import (
     STAGING_PREFIX,
+    acquire_lock,
     check_run_meaning,
     data_fingerprint,
-    load_rollout_state,
+    last_complete_checkpoint,
     publish,
+    release_lock,
     remove_staging,
     resolve_resume,
     restore_old_log_probs,
-    rollout_state,
     run_meaning,
-    save_rollout_state,
     save_run_meaning,
     write_manifest,
 )
 from psft.data import check_chat_template, validate_records
 from psft.errors import UserError
+from psft.run_state import Preempted, RunState
 from psft.templates import resolve_template_path
 
 logger = logging.get_logger(__name__)
 
 
 class ReliabilityMixin:
-    """Mixed into `PSFTTrainer` before `SFTTrainer`; reads `self._pending` and `self._rollout_index`."""
+    """Mixed into `PSFTTrainer` before `SFTTrainer`; keeps the run's state in `self.run_state`."""
 
+    run_state: RunState
     _staging_dir: str | None = None
-    _resumed_rollout: dict[str, Any] | None = None
     _meaning: dict[str, Any] | None = None  # `_run_meaning()`, computed once
     _step_loss_finite: Tensor | None = None
-    nonfinite_in_a_row = 0
-    nonfinite_skipped = 0  # optimizer steps skipped so far (logged as `nonfinite_skipped`)
+    _sigterm = False  # set by the SIGTERM handler, acted on at the next step boundary
+    _preempted = False
 
     def __init__(self, model: Any, args: Any = None, **kwargs: Any):
         if args is not None:
@@ -62,6 +73,7 @@ class ReliabilityMixin:
         if args is not None and args.assistant_only_loss:
             self._prepare_chat_template(model, args, kwargs)
         super().__init__(model, args=args, **kwargs)
+        self.add_callback(_StopOnSigterm(self))
 
     @staticmethod
     def _prepare_chat_template(model: Any, args: Any, kwargs: dict[str, Any]) -> None:
@@ -135,19 +147,19 @@ class ReliabilityMixin:
         return grad_norm
 
     def _skip_if_nonfinite(self, model: torch.nn.Module, grad_norm: Any) -> None:
-        if not self._step_was_nonfinite(model, grad_norm):
-            self.nonfinite_in_a_row = 0
+        run = self.run_state  # the counters are checkpointed: the limit holds across resumes
+        finite = not self._step_was_nonfinite(model, grad_norm)
+        run.count_step(finite)
+        if finite:
             return
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_skipped += 1
         step = self.state.global_step + 1
         logger.warning(
             f"step {step}: non-finite loss or gradient, optimizer step skipped "
-            f"({self.nonfinite_in_a_row} in a row, {self.nonfinite_skipped} in all)"
+            f"({run.nonfinite_in_a_row} in a row, {run.nonfinite_skipped} in all)"
         )
-        if self.nonfinite_in_a_row >= self.args.max_nonfinite_steps:
+        if run.nonfinite_in_a_row >= self.args.max_nonfinite_steps:
             raise UserError(
-                f"step {step}: {self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
+                f"step {step}: {run.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
                 "gradient (max_nonfinite_steps); lower learning_rate, set max_grad_norm, check the data, or "
                 "train in float32"
             )
@@ -192,31 +204,76 @@ class ReliabilityMixin:
 
     # ------------------------------------------------------- checkpoint / resume
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        """Check the checkpoint is whole and means the same run, load the interrupted rollout's old log-probs
-        with it, then train as the Trainer does."""
+        """Claim the output directory, check the checkpoint is whole and means the same run, restore the run
+        state from it, then train as the Trainer does; on SIGTERM, checkpoint at the next step and stop."""
         checkpoint = resume_from_checkpoint
         if checkpoint is True or isinstance(checkpoint, str):
             checkpoint = resolve_resume(self.args.output_dir, checkpoint)
-        self._resumed_rollout = None
-        if isinstance(checkpoint, str):
-            check_run_meaning(checkpoint, self._run_meaning())
-            if self.args.rollout_epochs > 1:
-                raise UserError(
-                    "resuming with rollout_epochs > 1 is not supported (the Trainer's data skip cannot find the "
-                    "position inside a replayed rollout); restart the run or train with rollout_epochs=1"
+        lock = self._acquire_lock()
+        try:
+            self.run_state = RunState()
+            if isinstance(checkpoint, str):
+                check_run_meaning(checkpoint, self._run_meaning())
+                if self.args.rollout_epochs > 1:
+                    raise UserError(
+                        "resuming with rollout_epochs > 1 is not supported (the Trainer's data skip cannot find the "
+                        "position inside a replayed rollout); restart the run or train with rollout_epochs=1"
+                    )
+                if not self.run_state.load(checkpoint, self.args.process_index):
+                    logger.warning(
+                        f"{checkpoint} has no PSFT run state: the rest of an interrupted rollout uses the resumed "
+                        "model as its old policy, and the counters start from 0"
+                    )
+            with self._sigterm_handler():
+                result = super().train(checkpoint, *args, **kwargs)
+            if self._preempted:
+                last = last_complete_checkpoint(self.args.output_dir)
+                raise Preempted(
+                    f"SIGTERM: stopped at step {self.state.global_step} after writing {last}; continue with "
+                    "resume_from_checkpoint=True (psft train: --resume_from_checkpoint true)"
                 )
-            state = load_rollout_state(checkpoint, self.args.process_index)
-            if state is None:
-                logger.warning(
-                    f"{checkpoint} has no PSFT rollout state: the rest of an interrupted rollout uses the "
-                    "resumed model as its old policy"
-                )
-            else:
-                state["source"] = checkpoint
-                # the interrupted rollout is counted again when its remaining mini-batches are re-fetched
-                self._rollout_index = state["rollout_index"] - (1 if state["pending"] else 0)
-            self._resumed_rollout = state
-        return super().train(checkpoint, *args, **kwargs)
+            return result
+        finally:
+            if lock is not None:
+                release_lock(lock)
+
+    def _acquire_lock(self) -> str | None:
+        """`psft.lock` in output_dir, taken by the main process; every process refuses together if it is held."""
+        lock, problem = None, None
+        if self.is_world_process_zero():
+            try:
+                lock = acquire_lock(self.args.output_dir)
+            except UserError as err:
+                problem = str(err)
+        if self.accelerator.num_processes > 1:
+            problem = broadcast_object_list([problem])[0]
+        if problem is not None:
+            raise UserError(problem)
+        return lock
+
+    @contextlib.contextmanager
+    def _sigterm_handler(self) -> Iterator[None]:
+        """Note SIGTERM (acted on at the next step boundary by `_StopOnSigterm`) while training; only the main
+        thread can handle signals, elsewhere SIGTERM keeps its default."""
+        self._sigterm = self._preempted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def note(signum: int, frame: Any) -> None:
+            self._sigterm = True
+
+        previous = signal.signal(signal.SIGTERM, note)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _sigterm_anywhere(self) -> bool:
+        """Whether any process got SIGTERM (a collective: every process calls it at every step boundary)."""
+        if self.accelerator.num_processes == 1:
+            return self._sigterm
+        return self._any_process(torch.tensor(self._sigterm))
 
     def _run_meaning(self) -> dict[str, Any]:
         """What fixes this run's meaning (`psft.checkpoint.run_meaning`), the data hashed once per run."""
@@ -226,8 +283,8 @@ class ReliabilityMixin:
 
     def _restored_old_log_probs(self, mini_batches: list[list[dict[str, Any]]]) -> list[list[Any]] | None:
         """For the first rollout after a resume inside a rollout: the saved old log-probs of its mini-batches."""
-        state, self._resumed_rollout = self._resumed_rollout, None
-        if state is None or not state["pending"] or state["global_step"] != self.state.global_step:
+        state = self.run_state.take_resumed_rollout(self.state.global_step)
+        if state is None:
             return None
         restored = restore_old_log_probs(mini_batches, state, state["source"])
         device = self.args.device
@@ -237,7 +294,7 @@ class ReliabilityMixin:
         return self._staging_dir or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """The Trainer's checkpoint plus the rollout state, written to a staging folder and renamed when complete."""
+        """The Trainer's checkpoint plus the run state, written to a staging folder and renamed when complete."""
         run_dir = super()._get_output_dir(trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = os.path.join(run_dir, STAGING_PREFIX + name)
@@ -247,8 +304,7 @@ class ReliabilityMixin:
         self._staging_dir = staging
         try:
             super()._save_checkpoint(model, trial)
-            state = rollout_state(self._pending, "old_log_probs", self.state.global_step, self._rollout_index)
-            save_rollout_state(os.path.join(staging, name), self.args.process_index, state)
+            self.run_state.save(os.path.join(staging, name), self.args.process_index, self.state.global_step)
         finally:
             self._staging_dir = None
         self.accelerator.wait_for_everyone()
@@ -269,3 +325,17 @@ class ReliabilityMixin:
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+
+class _StopOnSigterm(TrainerCallback):
+    """At every step boundary: if any process got SIGTERM, save a checkpoint now and stop training."""
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer._sigterm_anywhere():
+            logger.warning(f"SIGTERM: saving a checkpoint at step {state.global_step} and stopping")
+            self.trainer._preempted = True
+            control.should_save = True
+            control.should_training_stop = True

@@ -1,12 +1,14 @@
 """`PSFTTrainer`: TRL's `SFTTrainer` with a registered per-token objective and PSFT's rollout schedule.
 
-The schedule (`../shared/PSFT.md` §2) lives in `get_batch_samples`, the hook where `transformers.Trainer`
-fetches one optimizer step's micro-batches. At the start of a rollout it fetches K optimizer steps' worth
-of micro-batches at once, computes the current model's per-token log-probs on them without gradient (the
-old policy), attaches them to the micro-batches, and then hands the mini-batches out one optimizer step at
-a time. The first mini-batch needs no extra forward: its ratio is exactly 1, so its old log-probs are the
-detached current ones. Data order, gradient accumulation, clipping, the LR scheduler, logging and
-checkpointing stay the Trainer's own.
+The schedule (`../shared/PSFT.md` §2) is `psft.schedule.RolloutSchedule`, a pure function of the step; the
+trainer follows it in `get_batch_samples`, the hook where `transformers.Trainer` fetches one optimizer step's
+micro-batches. At the start of a rollout it fetches K optimizer steps' worth of micro-batches at once, computes
+the current model's per-token log-probs on them without gradient (the old policy), attaches them to the
+micro-batches, and then hands the mini-batches out one optimizer step at a time. The first mini-batch needs no
+extra forward: its ratio is exactly 1, so its old log-probs are the detached current ones. Data order, gradient
+accumulation, clipping, the LR scheduler, logging and checkpointing stay the Trainer's own. The run's mutable
+state (rollout position, pending old log-probs, counters, reference fingerprint) is `self.run_state`
+(`psft.run_state.RunState`), saved in every checkpoint.
 
 The loss is the exact token-mean over every loss token of the optimizer step, across gradient-accumulation
 micro-batches and processes (verl's per-micro-batch mean is not).
@@ -42,6 +44,8 @@ from psft.losses import full_entropy, get_loss, label_log_probs_from_logits, tok
 from psft.models import resolve_model_name
 from psft.reference import ReferenceSource, ReferenceTable, check_reference_vocabulary, next_token_logits
 from psft.reliability import ReliabilityMixin
+from psft.run_state import RunState
+from psft.schedule import RolloutSchedule
 
 logger = logging.get_logger(__name__)
 
@@ -114,10 +118,8 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             None  # with `reference="precompute"`, built when training starts
         )
         self._rollout_iterator = None  # the epoch iterator the pending rollout was drawn from
-        # the optimizer steps (lists of micro-batches) of the current rollout not handed out yet
-        self._pending: list[list[dict[str, Any]]] = []
-        self._rollout_index = 0  # rollouts started so far (old-policy refreshes)
-        self._updates_per_epoch = 0  # optimizer steps per epoch, set when training starts
+        self.run_state = RunState()  # rollout position, counters, reference fingerprint: saved in checkpoints
+        self.schedule = self._make_schedule(0)  # updates per epoch known when training starts
         self._sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._ratio_max = torch.full((), -math.inf, device=self.args.device)
 
@@ -131,7 +133,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
                 "dataloader_drop_last=false"
             )
         values = super().set_initial_training_values(args, dataloader)
-        self._updates_per_epoch = values[1]
+        self.schedule = self._make_schedule(values[1], values[6])
         if has_length(dataloader):
             _warn_if_rollouts_are_cut(self.args, values[1])
         epochs = self.args.rollout_epochs
@@ -139,13 +141,13 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             return values
         num_train_epochs, updates_per_epoch, num_examples, num_samples, total_batch, _, max_steps = values
         updates_per_epoch *= epochs
-        self._updates_per_epoch = updates_per_epoch
         # every mini-batch is padded to full gradient accumulation (see `_next_rollout`)
         steps_in_epoch = updates_per_epoch * args.gradient_accumulation_steps
         if args.max_steps > 0:
             num_train_epochs = math.ceil(max_steps / updates_per_epoch)
         else:
             max_steps = math.ceil(args.num_train_epochs * updates_per_epoch)
+        self.schedule = self._make_schedule(updates_per_epoch, max_steps)
         return (
             num_train_epochs,
             updates_per_epoch,
@@ -156,36 +158,31 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             max_steps,
         )
 
+    def _make_schedule(self, updates_per_epoch: int, max_steps: int = 0) -> RolloutSchedule:
+        args = self.args
+        return RolloutSchedule(
+            mini_batches_per_rollout=args.mini_batches_per_rollout,
+            rollout_epochs=args.rollout_epochs,
+            sft_warmup_steps=args.sft_warmup_steps,
+            updates_per_epoch=max(updates_per_epoch, 0),
+            max_steps=max(max_steps, 0),
+        )
+
     def get_batch_samples(
         self, epoch_iterator: Any, num_batches: int, device: torch.device
     ) -> tuple[list, Any]:
-        """One optimizer step's micro-batches, drawn from the current rollout (a new one every K steps)."""
+        """One optimizer step's micro-batches, drawn from the current rollout (a new one where the schedule
+        says; also after a resume, so refreshes fall where they would have without the interruption)."""
+        run = self.run_state
         if epoch_iterator is not self._rollout_iterator:  # a new epoch starts a new rollout
-            self._rollout_iterator, self._pending = epoch_iterator, []
-        if not self._pending:
-            self._pending = self._next_rollout(epoch_iterator)
-        batch_samples = self._pending.pop(0) if self._pending else []
+            self._rollout_iterator, run.pending = epoch_iterator, []
+        if not run.pending:
+            run.pending = self._next_rollout(epoch_iterator)
+        batch_samples = run.pending.pop(0) if run.pending else []
         return batch_samples, self._count_loss_tokens(batch_samples, device)
 
     def _in_warmup(self) -> bool:
-        return self.state.global_step < self.args.sft_warmup_steps
-
-    def _rollout_length(self) -> int:
-        """Mini-batches in the next rollout: K, less where the epoch, the SFT warm-up or training ends."""
-        args, step = self.args, self.state.global_step
-        length = args.mini_batches_per_rollout
-        if self._in_warmup():
-            length = min(length, args.sft_warmup_steps - step)
-        elif args.rollout_epochs == 1:
-            # Rollouts start every K steps from the later of the epoch's start and the warm-up's end (also
-            # after a resume, so refreshes fall where they would have without the interruption).
-            origin = args.sft_warmup_steps
-            if self._updates_per_epoch > 0:
-                origin = max(origin, step - step % self._updates_per_epoch)
-            length -= (step - origin) % length
-        if self.state.max_steps > 0:  # don't prefetch past the end of training
-            length = min(length, math.ceil((self.state.max_steps - step) / args.rollout_epochs))
-        return max(1, length)
+        return self.schedule.in_warmup(self.state.global_step)
 
     def _next_rollout(self, epoch_iterator: Any) -> list[list[dict[str, Any]]]:
         """Fetch the next rollout's mini-batches, attach the old policy's (and the reference's) log-probs,
@@ -193,7 +190,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         args = self.args
         accumulation, epochs = args.gradient_accumulation_steps, args.rollout_epochs
         micro_batches = []
-        for _ in range(self._rollout_length() * accumulation):
+        for _ in range(self.schedule.to_fetch(self.state.global_step) * accumulation):
             try:
                 micro_batches.append(next(epoch_iterator))
             except StopIteration:
@@ -222,7 +219,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
                 elif needs_old and (index > 0 or epochs > 1):
                     # With one pass, mini-batch 1 uses its own detached log-probs (ratio 1): no extra forward.
                     micro_batch[OLD_LOG_PROBS] = self._old_log_probs(micro_batch)
-        self._rollout_index += 1
+        self.run_state.rollout_index += 1
         return [mini_batch for _ in range(epochs) for mini_batch in mini_batches]
 
     def _needs_old_log_probs(self) -> bool:
@@ -339,36 +336,76 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
     def _build_reference_table(self) -> ReferenceTable:
         """One pass of the initial model over the training data, before its first update: each process scores a
         contiguous shard, then every process gets the merged table. Saved in output_dir so that a resumed run (whose
-        model is no longer the initial one) can load it."""
+        model is no longer the initial one) can load it; its fingerprint goes into the run state (every checkpoint),
+        so a resume with a table another run wrote is refused."""
         path = Path(self.args.output_dir) / REFERENCE_FILE
         if self.state.global_step > 0:
-            if not path.is_file():
-                raise UserError(f"resuming needs the initial model's reference log-probs, missing at {path}")
-            logger.info(f"Loading reference log-probs from {path}")
-            return ReferenceTable.load(path)
+            return self._load_reference_table(path)
         if not has_length(self.train_dataset):
             raise UserError("reference='precompute' needs a sized training dataset; use 'adapter' or 'copy'")
         dataset = self._remove_unused_columns(self.train_dataset, description="reference")
         processes, index = self.accelerator.num_processes, self.accelerator.process_index
+        batch_size = self.args.per_device_train_batch_size
+        # Every process runs the same number of forwards, whatever its shard's size (65 records on 2 processes:
+        # 33 and 32): FSDP2 and ZeRO-3 gather parameters in each forward, a collective that every process must
+        # join. A process whose shard is done scores a filler batch and discards it.
+        forwards = math.ceil(math.ceil(len(dataset) / processes) / batch_size)
+        filler = self.data_collator([dataset[0]])
         if processes > 1:
             dataset = dataset.shard(num_shards=processes, index=index, contiguous=True)
-        loader = DataLoader(
-            dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator
-        )
+        batches = iter(DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator))
         table = ReferenceTable()
-        for batch in track(
-            loader, description="Reference log-probs", disable=not self.is_world_process_zero()
+        for _ in track(
+            range(forwards), description="Reference log-probs", disable=not self.is_world_process_zero()
         ):
-            batch = self._prepare_inputs(batch)
-            table.add(batch, self._log_probs(self.model, batch))
+            batch = next(batches, None)
+            inputs = self._prepare_inputs(filler if batch is None else batch)
+            log_probs = self._log_probs(self.model, inputs)
+            if batch is not None:
+                table.add(inputs, log_probs)
         if processes > 1:
             shards = gather_object([table.rows])  # every process's shard, on every process
             table = ReferenceTable()
             for rows in shards:
                 table.update(rows)
+        self.run_state.reference = self._describe_reference(table)
         if self.is_world_process_zero():
             path.parent.mkdir(parents=True, exist_ok=True)
             table.save(path)
+        return table
+
+    def _describe_reference(self, table: ReferenceTable) -> dict[str, str]:
+        """What a checkpoint records about the reference table: its fingerprint and what it was made from."""
+        model = self.accelerator.unwrap_model(self.model)
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        return {
+            "table": table.fingerprint(),
+            "rows": str(len(table)),
+            "model": str(getattr(model.config, "_name_or_path", "")),
+            "tokenizer": f"{getattr(tokenizer, 'name_or_path', '')} ({len(tokenizer) if tokenizer else 0} tokens)",
+            "data": str(self._run_meaning()["data"]),
+        }
+
+    def _load_reference_table(self, path: Path) -> ReferenceTable:
+        """A resumed run's reference table: the one this run made, checked against the checkpoint's record."""
+        if not path.is_file():
+            raise UserError(f"resuming needs the initial model's reference log-probs, missing at {path}")
+        logger.info(f"Loading reference log-probs from {path}")
+        table = ReferenceTable.load(path)
+        saved = self.run_state.reference
+        if saved is None:
+            logger.warning(
+                f"the checkpoint records no reference table: cannot check that {path} is this run's"
+            )
+            return table
+        found = table.fingerprint()
+        if found != saved["table"]:
+            raise UserError(
+                f"resume_from_checkpoint: {path} is not this run's reference table (fingerprint {found[:12]}, the "
+                f"checkpoint's is {saved['table'][:12]}, made from {saved['model']} on data {saved['data'][:12]}): "
+                "another run wrote it into output_dir; put this run's table back or start afresh in another "
+                "output_dir"
+            )
         return table
 
     def _count_loss_tokens(self, batch_samples: list[dict[str, Any]], device: torch.device) -> Tensor | None:
@@ -476,8 +513,8 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             if "kl_ref" in sums:
                 logs["kl_ref"] = sums["kl_ref"] / metric_tokens
             if self._needs_old_log_probs():
-                logs["rollout"] = float(self._rollout_index)
-            logs["nonfinite_skipped"] = float(self.nonfinite_skipped)
+                logs["rollout"] = float(self.run_state.rollout_index)
+            logs["nonfinite_skipped"] = float(self.run_state.nonfinite_skipped)
             self._sums.clear()
             self._ratio_max.fill_(-math.inf)
         super().log(logs, start_time)

@@ -2,7 +2,8 @@
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_run.py OUT.pt SPEC.json
 
-SPEC is `{"engine": "fsdp2", "runs": {"name": {training-argument overrides}, ...}}`: the runs are trained one after
+SPEC is `{"engine": "fsdp2", "runs": {"name": {training-argument overrides}, ...}}` (`records`: the number of
+training records, default 64; `nan_steps`: steps whose loss is made NaN): the runs are trained one after
 the other in the same processes (one start-up for all of them) with the engine of `engines.py` (ddp, fsdp2, zero2,
 zero3). OUT gets, per run, the final parameters gathered whole, the logging-step entries, the precomputed reference
 table if there is one, and the engine the Trainer really used, so a test can refuse a silent fallback to DDP.
@@ -27,7 +28,16 @@ def engine_in_use(trainer) -> str:
         sharded = all(isinstance(p, DTensor) for p in trainer.model.parameters())
         return f"fsdp{trainer.accelerator.state.fsdp_plugin.fsdp_version}" + ("" if sharded else "-unsharded")
     if trainer.is_deepspeed_enabled:
-        return f"zero{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+        stage = trainer.accelerator.state.deepspeed_plugin.zero_stage
+        if stage == 3:  # every parameter partitioned: each process holds a part (`ds_tensor`) of `ds_numel`
+            world = trainer.accelerator.num_processes
+            params = list(trainer.accelerator.unwrap_model(trainer.model).parameters())
+            sharded = all(
+                hasattr(p, "ds_numel") and not p.ds_persist and p.ds_tensor.numel() < p.ds_numel
+                for p in params
+            )
+            return "zero3" + ("" if sharded and world > 1 else "-unsharded")
+        return f"zero{stage}"
     return "ddp" if trainer.accelerator.num_processes > 1 else "single"
 
 
@@ -57,10 +67,11 @@ class StepSnapshots(TrainerCallback):
 
 def train(out_dir: Path, engine: str, overrides: dict) -> dict:
     NaNAt.nan_steps = tuple(overrides.pop("nan_steps", ()))
+    records = overrides.pop("records", 64)
     snapshots = StepSnapshots()
     trainer = make_trainer(
         out_dir,
-        data=prompt_completion_data(64),
+        data=prompt_completion_data(records),
         trainer_cls=NaNAt,
         callbacks=[snapshots] if NaNAt.nan_steps else None,
         **ENGINES[engine],
@@ -71,7 +82,7 @@ def train(out_dir: Path, engine: str, overrides: dict) -> dict:
     table = out_dir / "out" / REFERENCE_FILE
     return {
         "snapshots": snapshots.by_step,
-        "nonfinite_skipped": trainer.nonfinite_skipped,
+        "nonfinite_skipped": trainer.run_state.nonfinite_skipped,
         "lr_scheduler_steps": trainer.lr_scheduler.scheduler.last_epoch
         if hasattr(trainer.lr_scheduler, "scheduler")
         else trainer.lr_scheduler.last_epoch,

@@ -2,7 +2,7 @@
 
 `ddp` is the Trainer's default with several processes. `fsdp2` needs the test-only shim in `tests/fsdp_on_cpu`
 (see its docstring) on the launched processes' PYTHONPATH with `PSFT_TEST_FSDP_ON_CPU=1`; `zero2`/`zero3` are
-DeepSpeed's own CPU accelerator with gloo, unpatched.
+DeepSpeed's own CPU accelerator with gloo, unpatched; ZeRO-3 partitions every parameter (threshold 0).
 """
 
 FSDP2 = dict(
@@ -20,8 +20,13 @@ FSDP2 = dict(
 
 
 def zero(stage: int) -> dict:
+    optimization = {"stage": stage}
+    if stage == 3:
+        # DeepSpeed keeps every parameter below this many elements whole on every process (default 100k): the
+        # tiny test models have none that large, so without 0 here ZeRO-3 would partition nothing
+        optimization["stage3_param_persistence_threshold"] = 0
     config = {
-        "zero_optimization": {"stage": stage},
+        "zero_optimization": optimization,
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",

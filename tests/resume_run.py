@@ -1,7 +1,9 @@
-"""A tiny PSFT run for the resume tests, run as a subprocess: `python resume_run.py OUT [--kill-saving STEP] [--resume]`.
+"""A tiny PSFT run for the resume tests, run as a subprocess:
+`python resume_run.py OUT [--kill-saving STEP | --sigterm-at STEP] [--resume]`.
 
 With `--kill-saving STEP` the process SIGKILLs itself in the middle of writing checkpoint STEP (model written,
-optimizer not yet). The final model is saved to OUT/final. With `--engine` (fsdp2, zero3, ...; launched by torchrun on
+optimizer not yet). With `--sigterm-at STEP` rank 0 is sent SIGTERM (as a scheduler would) when optimizer step STEP
+begins (0-based): the run checkpoints at that step's end and exits with code 143 and the one-line message. The final model is saved to OUT/final. With `--engine` (fsdp2, zero3, ...; launched by torchrun on
 several processes) rank 0 kills itself, the launcher stops the others, and the final parameters, gathered whole,
 go to OUT/final.pt instead.
 """
@@ -17,8 +19,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from distributed_run import full_params  # noqa: E402
 from engines import ENGINES  # noqa: E402
 from trainer_support import TOKENIZER, common_args, prompt_completion_data  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from psft import PSFTConfig, PSFTTrainer  # noqa: E402
+from psft.run_state import Preempted  # noqa: E402
 from psft.tiny import make_tiny_llama  # noqa: E402
 
 
@@ -31,10 +35,23 @@ class KilledWhileSaving(PSFTTrainer):
         super()._save_optimizer_and_scheduler(output_dir)
 
 
+class SigtermAt(TrainerCallback):
+    """Sends this process SIGTERM when optimizer step `step` begins, on the main process only (the others learn of
+    it at the step boundary)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step and state.is_world_process_zero:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--kill-saving", type=int, default=-1)
+    parser.add_argument("--sigterm-at", type=int, default=-1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--engine", choices=sorted(ENGINES))
     cli = parser.parse_args()
@@ -55,8 +72,15 @@ def main() -> None:
         args=args,
         train_dataset=prompt_completion_data(40),
         processing_class=TOKENIZER,
+        callbacks=[SigtermAt(cli.sigterm_at)] if cli.sigterm_at >= 0 else None,
     )
-    trainer.train(resume_from_checkpoint=True if cli.resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=True if cli.resume else None)
+    except Preempted as err:
+        print(f"preempted: {err}", file=sys.stderr)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        sys.exit(143)
     if cli.engine is None:
         trainer.save_model(os.path.join(cli.out, "final"))
         return

@@ -26,6 +26,9 @@ TRAIN = dict(max_steps=4, mini_batches_per_rollout=2, learning_rate=0.01, gradie
 MATCH = {"psft": dict(loss_type="psft", **TRAIN), "sft": dict(loss_type="sft", **TRAIN)}
 # precomputed reference log-probs, scored by each process on its shard
 KL = {"sft_kl": dict(loss_type="sft_kl", reference="precompute", **TRAIN)}
+# the reference precomputed on data that does not divide evenly across the processes (65 records, shards of 33
+# and 32): every process must run the same number of forwards (FSDP2 and ZeRO-3 gather parameters in each)
+UNEVEN = {"sft_kl_uneven": dict(loss_type="sft_kl", reference="precompute", records=65, **TRAIN)}
 # the same reference from a frozen copy of the initial model, prepared like the trained one (sharded, ZeRO-3)
 KL_COPY = {"sft_kl_copy": dict(loss_type="sft_kl", reference="copy", **TRAIN)}
 # at learning rate 0 in bf16: PSFT's ratio exactly 1, the KL to the reference exactly 0
@@ -50,10 +53,10 @@ NAN = {
     )
 }
 LAUNCHES = {
-    "ddp": {**MATCH, **KL},
-    "fsdp2": {**MATCH, **EXACT, **KL_COPY},
-    "zero2": {**MATCH, **NAN},
-    "zero3": {**MATCH, **NAN, **KL_COPY, **EXACT},
+    "ddp": {**MATCH, **KL, **UNEVEN},
+    "fsdp2": {**MATCH, **EXACT, **KL_COPY, **UNEVEN},
+    "zero2": {**MATCH, **NAN, **UNEVEN},
+    "zero3": {**MATCH, **NAN, **KL_COPY, **EXACT, **UNEVEN},
 }
 PARAM_TOLERANCE = (
     2e-6  # measured: DDP 2e-7, FSDP2 2.6e-7, ZeRO-2 4.2e-7, ZeRO-3 9.1e-7 after 4 steps at lr 0.01
@@ -89,7 +92,7 @@ def train(tmp_path: Path, name: str, nproc: int, engine: str, runs: dict, batch:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The reference: 1 process at twice the per-device batch."""
-    return train(tmp_path_factory.mktemp("one"), "one", 1, "ddp", {**MATCH, **KL}, batch=8)
+    return train(tmp_path_factory.mktemp("one"), "one", 1, "ddp", {**MATCH, **KL, **UNEVEN}, batch=8)
 
 
 def max_param_diff(a: dict, b: dict) -> float:
@@ -103,7 +106,8 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, one_proc
     two = train(tmp_path, engine, 2, engine, LAUNCHES[engine], batch=4)
     for name, record in two.items():
         assert record["world"] == 2
-        # the engine really in use, never a silent DDP (FSDP2: every parameter a DTensor shard)
+        # the engine really in use, never a silent DDP (FSDP2: every parameter a DTensor shard; ZeRO-3: every
+        # parameter partitioned, none kept whole by stage3_param_persistence_threshold)
         assert record["engine"] == engine, (name, record["engine"])
     assert one_process["psft"]["engine"] == "single"
     for name in set(two) - set(EXACT) - set(NAN):
@@ -120,12 +124,14 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, one_proc
                 assert x["ratio/max"] == pytest.approx(y["ratio/max"], rel=1e-5)
     if "psft" in two:
         assert max(log["clip_ratio/high"] for log in one_process["psft"]["logs"]) > 0  # clipping is exercised
-    if "sft_kl" in two:
+    for name, records in (("sft_kl", 64), ("sft_kl_uneven", 65)):
+        if name not in two:
+            continue
         # each process scored its shard; the merged table equals the one process's, loss tokens only
-        ours, theirs = two["sft_kl"]["reference"], one_process["sft_kl"]["reference"]
-        assert ours.keys() == theirs.keys() and len(ours) == 64
+        ours, theirs = two[name]["reference"], one_process[name]["reference"]
+        assert ours.keys() == theirs.keys() and len(ours) == records
         assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-6
-        assert max(log["kl_ref"] for log in one_process["sft_kl"]["logs"]) > 0
+        assert max(log["kl_ref"] for log in one_process[name]["logs"]) > 0
     if "nan" in two:
         nan = two["nan"]
         assert nan["nonfinite_skipped"] == 1
@@ -155,6 +161,28 @@ def test_resume_after_a_kill_inside_a_rollout_is_exact(tmp_path, engine):
     )
     assert killed.returncode != 0
     assert sorted(p.name for p in (tmp_path / "cut").glob("checkpoint-*")) == ["checkpoint-3"]
+    launch(2, "resume_run.py", "cut", "--engine", engine, "--resume", cwd=tmp_path)
+    full, resumed = torch.load(tmp_path / "full" / "final.pt"), torch.load(tmp_path / "cut" / "final.pt")
+    assert max_param_diff(full, resumed) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp"])
+def test_sigterm_inside_a_rollout_checkpoints_stops_and_resumes_exactly(tmp_path, engine):
+    """SIGTERM reaches rank 0 only, during step 2 of the first rollout (K = 4): every process stops after writing
+    checkpoint-2, saying how to resume; the resumed run ends with the uninterrupted run's parameters."""
+    launch(2, "resume_run.py", "full", "--engine", engine, cwd=tmp_path)
+    stopped = launch(
+        2, "resume_run.py", "cut", "--engine", engine, "--sigterm-at", "1", cwd=tmp_path, check=False
+    )
+    assert stopped.returncode != 0
+    line = next(x for x in stopped.stderr.splitlines() if "preempted: " in x)
+    assert "SIGTERM: stopped at step 2 after writing " in line and "resume_from_checkpoint=True" in line, line
+    assert sorted(p.name for p in (tmp_path / "cut").glob("checkpoint-*")) == ["checkpoint-2"]
+    for rank in (0, 1):  # each process saved the old log-probs of its 2 remaining mini-batches
+        state = torch.load(tmp_path / "cut" / "checkpoint-2" / f"psft_run_state_{rank}.pt", weights_only=True)
+        assert len(state["pending"]) == 2 and state["pending"][0][0][1] is not None
+    assert not (tmp_path / "cut" / "psft.lock").exists()
     launch(2, "resume_run.py", "cut", "--engine", engine, "--resume", cwd=tmp_path)
     full, resumed = torch.load(tmp_path / "full" / "final.pt"), torch.load(tmp_path / "cut" / "final.pt")
     assert max_param_diff(full, resumed) == 0.0

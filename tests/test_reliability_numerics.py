@@ -52,7 +52,7 @@ def test_non_finite_steps_in_a_row_stop_the_run_with_a_clear_error(tmp_path):
     trainer = make_trainer(tmp_path, trainer_cls=NaNAt, max_steps=8, max_nonfinite_steps=3)
     with pytest.raises(UserError, match=r"step 4: 3 optimizer steps in a row had a non-finite loss"):
         trainer.train()
-    assert trainer.nonfinite_skipped == 3
+    assert trainer.run_state.nonfinite_skipped == 3
 
 
 @pytest.mark.parametrize("shift", [1000.0, -1000.0])
@@ -62,7 +62,7 @@ def test_extreme_old_log_probs_stay_finite_through_the_clamp(tmp_path, shift):
     trainer.train()
     logs = [log for log in trainer.state.log_history if "ratio/max" in log]
     assert all(math.isfinite(log["loss"]) and math.isfinite(log["grad_norm"]) for log in logs)
-    assert trainer.nonfinite_skipped == 0
+    assert trainer.run_state.nonfinite_skipped == 0
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     late = logs[1:]  # steps 2..4 carry the shifted old log-probs
     if shift > 0:  # log-ratio +1000 clamped to +20: ratio e^20, every token clipped

@@ -1,4 +1,4 @@
-"""Interrupt and resume with real SIGKILLs: the resumed run ends with the uninterrupted run's parameters."""
+"""Interrupt and resume with real SIGKILLs and SIGTERMs: the resumed run ends with the uninterrupted run's parameters."""
 
 import os
 import subprocess
@@ -41,7 +41,7 @@ def test_sigkill_while_saving_inside_a_rollout_then_resume_gives_the_same_parame
     assert killed.returncode == -9
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     assert (out / "tmp-checkpoint-9").is_dir()  # the half-written one is invisible to resume_from_checkpoint
-    state = torch.load(out / "checkpoint-6" / "psft_rollout_state_0.pt", weights_only=True)
+    state = torch.load(out / "checkpoint-6" / "psft_run_state_0.pt", weights_only=True)
     assert len(state["pending"]) == 2 and state["pending"][0][0][1] is not None
     resumed = run(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -57,13 +57,35 @@ def test_resuming_without_the_rollout_state_drifts_so_the_state_is_what_makes_it
 ):
     out = tmp_path / "run"
     assert run(out, "--kill-saving", "9").returncode == -9
-    (out / "checkpoint-6" / "psft_rollout_state_0.pt").unlink()
+    (out / "checkpoint-6" / "psft_run_state_0.pt").unlink()
     write_manifest(str(out / "checkpoint-6"))  # a complete checkpoint without the state (older psft)
     resumed = run(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "has no PSFT rollout state" in resumed.stderr
+    assert "has no PSFT run state" in resumed.stderr
     after = final_params(out)
     assert max((after[k] - v).abs().max().item() for k, v in uninterrupted.items()) > 1e-3
+
+
+def test_sigterm_between_mini_batches_of_a_rollout_checkpoints_and_resumes_exactly(tmp_path, uninterrupted):
+    """SIGTERM during step 5 (the second mini-batch of the rollout [4, 8), K = 4): the run writes checkpoint-5 at
+    that step's end, exits with one line saying how to resume, and the resumed run ends where the uninterrupted
+    run did."""
+    out = tmp_path / "run"
+    stopped = run(out, "--sigterm-at", "4")
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    line = stopped.stderr.strip().splitlines()[-1]
+    assert (
+        line.startswith("preempted: SIGTERM: stopped at step 5 after writing ") and "checkpoint-5" in line
+    ), line
+    assert "resume_from_checkpoint=True" in line
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-5"]
+    state = torch.load(out / "checkpoint-5" / "psft_run_state_0.pt", weights_only=True)
+    assert len(state["pending"]) == 3 and state["pending"][0][0][1] is not None  # inside the rollout
+    resumed = run(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = final_params(out)
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(after[name], value, atol=0, rtol=0, msg=name)
 
 
 def test_publish_replaces_an_existing_checkpoint_and_leaves_no_staging(tmp_path):

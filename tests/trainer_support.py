@@ -101,7 +101,7 @@ class Recorder(PSFTTrainer):
             self.records.append(
                 dict(
                     step=self.state.global_step,
-                    rollout=self._rollout_index,
+                    rollout=self.run_state.rollout_index,
                     old=None if old is None else old.clone(),
                     ref=None if ref is None else ref.clone(),
                     input_ids=inputs["input_ids"].clone(),

@@ -7,7 +7,9 @@ current step. Without `attach`, metrics are appended to ``state.log_history`` on
 
 Drift needs the base model's statistics: give `drift_stats` (a file from `compute_reference_stats`), or
 give `drift_texts` and the callback computes them from the model itself at the start of training, before
-any update, so the base never has to be held beside the fine-tuned model.
+any update, so the base never has to be held beside the fine-tuned model. Attached to a `PSFTTrainer`, those
+statistics go into its run state (every checkpoint): a resumed run measures drift against the run's starting
+model, not the resumed one.
 
 Runs on every process (each computes the same numbers); not meant for FSDP / ZeRO-3 sharded models.
 """
@@ -20,10 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.utils import logging
 
+from psft.errors import UserError
 from psft.eval.drift import compute_reference_stats, measure_drift
 from psft.eval.generate import evaluate_generation
 from psft.eval.records import EvalRecord, load_records
+
+logger = logging.get_logger(__name__)
 
 
 class EvalCallback(TrainerCallback):
@@ -101,16 +107,37 @@ class EvalCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.drift_stats is None and self.drift_texts:
-            if self.output_dir:
-                path = self.output_dir / "drift_base_stats.safetensors"
-            else:
-                self._tmp = tempfile.TemporaryDirectory(prefix="psft-drift-")
-                path = Path(self._tmp.name) / "base.safetensors"
-            self.drift_stats = compute_reference_stats(
-                model, self.tokenizer, self.drift_texts, path, **self.drift_kwargs
-            )
+            self.drift_stats = self._drift_base(state, model)
         if self.eval_on_start:
             self._run(args, state, control, model)
+
+    def _drift_base(self, state, model) -> Path:
+        """The run's starting model's statistics: computed now on a fresh run, before any update; on a resumed
+        run, the ones its checkpoint holds (`trainer.run_state.drift_base`), never the resumed model's."""
+        if self.output_dir:
+            path = self.output_dir / "drift_base_stats.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="psft-drift-")
+            path = Path(self._tmp.name) / "base.safetensors"
+        run_state = getattr(self.trainer, "run_state", None)
+        saved = None if run_state is None else run_state.drift_base
+        if saved is not None:
+            path.write_bytes(saved)
+        elif state.global_step == 0:
+            compute_reference_stats(model, self.tokenizer, self.drift_texts, path, **self.drift_kwargs)
+        elif (
+            run_state is None and path.is_file()
+        ):  # a trainer without a run state: the file of the run's start
+            logger.warning(f"resumed at step {state.global_step}: drift is measured against {path}")
+        else:
+            raise UserError(
+                f"resumed at step {state.global_step} without the drift base statistics of the run's start (the "
+                "checkpoint holds none): pass drift_stats=FILE, or start the run afresh"
+            )
+        if run_state is not None:
+            run_state.drift_base = path.read_bytes()  # saved in every checkpoint from now on
+        return path
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
