@@ -529,7 +529,8 @@ def compare(config: CompareConfig, jobs: int = 1) -> dict[str, Any]:
             f"evaluation {result['eval_s']}s; in-domain {_pct(final.get('in_domain'))}, out-of-domain "
             f"{_pct(final.get('out_of_domain'))}" + (f"; {left} to go, ETA {_duration(eta)}" if left else "")
         )
-        write_report(out, plots=False, table=False)  # what is there so far, in case the rest never finishes
+        # what is there so far, in case the rest never finishes (fewer bootstrap replicates: it is redone at the end)
+        write_report(out, plots=False, table=False, reps=200)
     report = write_report(out)
     console.print(
         f"[bold]done[/bold]: {report['finished']}/{report['planned']} runs in {_duration(time.time() - start)}; "
@@ -557,9 +558,9 @@ def _execute_all(config: CompareConfig, todo: list, total: int, jobs: int, threa
             raise
 
 
-def load_report(out_dir: str | Path) -> dict[str, Any]:
+def load_report(out_dir: str | Path, reps: int | None = None) -> dict[str, Any]:
     """The report of what is in `out_dir` now: its planned runs (config.json), the finished ones and the summary."""
-    from psft.analysis import summarize
+    from psft.analysis import REPS, summarize
 
     out = Path(out_dir)
     path = out / "config.json"
@@ -583,16 +584,33 @@ def load_report(out_dir: str | Path) -> dict[str, Any]:
         "finished": len(results),
         "missing": [r["id"] for r in plan if r["id"] not in finished],
         "runs": results,
-        "summary": summarize(results, config.reference_method),
+        "summary": summarize(results, config.reference_method, load_prompts(out, results), reps or REPS),
     }
 
 
-def write_report(out_dir: str | Path, plots: bool = True, table: bool = True) -> dict[str, Any]:
-    """Rebuild report.json and report.md (and the plots and terminal table) from the runs on disk."""
+def load_prompts(out: Path, results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per finished run, the per-prompt results of its evaluations (its prompts.jsonl; runs without one are
+    left out and the report resamples seeds only)."""
+    prompts = {}
+    for result in results:
+        path = out / result["id"] / PROMPTS
+        if path.is_file():
+            try:
+                prompts[result["id"]] = [json.loads(line) for line in path.read_text().splitlines() if line]
+            except ValueError as err:
+                raise UserError(f"{path}: unreadable ({err}); delete that run directory to rerun it") from None
+    return prompts
+
+
+def write_report(
+    out_dir: str | Path, plots: bool = True, table: bool = True, reps: int | None = None
+) -> dict[str, Any]:
+    """Rebuild report.json and report.md (and the plots and terminal table) from the runs on disk; `reps`
+    bootstrap replicates (default `psft.analysis.REPS`)."""
     from psft.report import render_markdown
 
     out = Path(out_dir)
-    report = load_report(out)
+    report = load_report(out, reps)
     _write_json(out / "report.json", report)
     written = []
     if plots and report["runs"]:
@@ -630,8 +648,10 @@ def print_table(report: dict[str, Any]) -> None:
     from psft.report import COLUMN_HELP
 
     console_out.print(COLUMN_HELP)
-    for gap in report["summary"]["frontier_gaps"]:
-        console_out.print(f"frontier: {escape(gap['verdict'])}")
+    from psft.report import format_claim
+
+    for claim in report["summary"].get("claims", []):
+        console_out.print(f"claim: {escape(format_claim(claim))}")
 
 
 def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
