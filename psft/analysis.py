@@ -278,6 +278,14 @@ def _bootstrap(data: _Data, seeds: list[int], per_seed) -> dict[str, Any]:
     return out
 
 
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN; NaN where every value is NaN (without numpy's warning)."""
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    total = np.where(finite, values, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def _fmax(arrays: list[np.ndarray], like: int) -> np.ndarray:
     if not arrays:
         return np.full(like, np.nan)
@@ -308,9 +316,7 @@ def matched_value(data: _Data, method: str, seed: int, target: float, what: str,
         return _fmax(values, 1 if point else data.reps)
     if not values:
         return np.full(1 if point else data.reps, np.nan)
-    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-        sup.filter(RuntimeWarning)
-        return np.nanmean(np.stack(values), axis=0)
+    return _nanmean(np.stack(values))
 
 
 def _reach(data: _Data, method: str, seed: int, what: str) -> float:
@@ -504,9 +510,7 @@ def claims(data: _Data, methods: list[str], reference: str, frontier: list, matc
         def mean_over(values: list[np.ndarray], like: int) -> np.ndarray:
             if not values:
                 return np.full(like, np.nan)
-            with np.testing.suppress_warnings() as sup:
-                sup.filter(RuntimeWarning)
-                return np.nanmean(np.stack(values), axis=0)
+            return _nanmean(np.stack(values))
 
         def frontier_effect(s, pt):
             return mean_over([frontier_value(data, method, s, lv, pt) - frontier_value(data, reference, s, lv, pt)
@@ -522,7 +526,8 @@ def claims(data: _Data, methods: list[str], reference: str, frontier: list, matc
                 a, b = _setting_runs(data, e["setting"], s), _setting_runs(data, e["reference_setting"], s)
                 if a and b:
                     gaps.append(entropy_equal_step(data.runs[a], data.runs[b]))
-            return np.full(1 if pt else data.reps, np.nanmean(gaps) if gaps else np.nan)
+            finite = [g for g in gaps if np.isfinite(g)]
+            return np.full(1 if pt else data.reps, np.mean(finite) if finite else np.nan)
 
         effects = {
             "frontier": (frontier_effect, ACCURACY_MARGIN, "points", 100,

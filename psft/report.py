@@ -193,11 +193,10 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
             f">= the level) minus `{summary['reference']}`'s, paired by seed and prompt, in points: mean [95% "
             f"bootstrap interval] and verdict, Holm-adjusted over the {family} tests of this table. Levels: those "
             "every shared seed of both methods reaches.",
-            "",
         ]
         for g in summary["frontier_gaps"]:
             if not g["levels"]:
-                lines.append(f"- {g['method']} vs {g['reference']}: no in-domain level of at least 5% reached by "
+                lines.append(f"\n- {g['method']} vs {g['reference']}: no in-domain level of at least 5% reached by "
                              "every seed of both; no comparison.")  # fmt: skip
     if gaps:
         lines += ["", "| in-domain level | " + " | ".join(f"{g['method']} − {g['reference']}" for g in gaps) + " |"]

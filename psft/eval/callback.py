@@ -136,6 +136,7 @@ class EvalCallback(TrainerCallback):
         self.output_dir = Path(output_dir) if output_dir else None
         self.trainer = None
         self.seconds = 0.0  # wall time spent evaluating (so callers can report training time without it)
+        self.cpu_seconds = 0.0  # the same in CPU time of this process (robust to a busy machine)
         self._last_step = -1
         self._tmp: tempfile.TemporaryDirectory | None = None
 
@@ -181,9 +182,10 @@ class EvalCallback(TrainerCallback):
         if state.global_step == self._last_step:
             return
         self._last_step = state.global_step
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         metrics = self.evaluate(model, state.global_step)
         self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - cpu
         if not metrics:
             return
         if self.trainer is not None:
