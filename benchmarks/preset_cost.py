@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,11 @@ def main() -> None:
                 "train_cpu_s": result["train_cpu_s"],
                 "eval_cpu_s": result["eval_cpu_s"],
                 "wall_s": round(wall, 1),
+                "process_cpu_s": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_utime
+                    + resource.getrusage(resource.RUSAGE_SELF).ru_stime,
+                    1,
+                ),  # fmt: skip
                 "runs": len(plan),
                 "total_h_one_thread": round(len(plan) * per_run / 3600, 1),
                 "total_h_jobs2_on_2_cores": round(len(plan) * per_run / 3600 / 2, 1),

@@ -36,8 +36,22 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042)  # fmt: skip
 LEVEL_STEP = 0.05  # in-domain accuracy levels at which frontiers are compared
-METRICS = ("in_domain", "out_of_domain", "best_in_domain", "heldout_nll", "nll", "drift_kl", "entropy", "clip_high")
-PROMPT_METRICS = ("in_domain", "out_of_domain", "best_in_domain", "heldout_nll")  # bootstrapped over prompts too
+METRICS = (
+    "in_domain",
+    "out_of_domain",
+    "best_in_domain",
+    "heldout_nll",
+    "nll",
+    "drift_kl",
+    "entropy",
+    "clip_high",
+)
+PROMPT_METRICS = (
+    "in_domain",
+    "out_of_domain",
+    "best_in_domain",
+    "heldout_nll",
+)  # bootstrapped over prompts too
 REPS = 1000  # bootstrap replicates
 BOOT_SEED = 0  # the bootstrap's own random seed: the report is a deterministic function of the runs
 ACCURACY_MARGIN = 0.03  # equivalence margin of accuracy gaps (TOST): +/- 3 points
@@ -160,10 +174,14 @@ class _Data:
     the evaluation steps. Without per-prompt results every run has two pseudo-prompts (its in-domain and
     out-of-domain accuracy) that are never resampled."""
 
-    def __init__(self, runs: list[dict[str, Any]], prompts: dict[str, list[dict]] | None, reps: int, seed: int):
+    def __init__(
+        self, runs: list[dict[str, Any]], prompts: dict[str, list[dict]] | None, reps: int, seed: int
+    ):
         self.runs = {r["id"]: r for r in runs}
         prompts = prompts or {}
-        self.prompt_level = bool(runs) and all(prompts.get(r["id"]) and "id" in prompts[r["id"]][0] for r in runs)
+        self.prompt_level = bool(runs) and all(
+            prompts.get(r["id"]) and "id" in prompts[r["id"]][0] for r in runs
+        )
         if self.prompt_level:
             first = prompts[runs[0]["id"]][0]
             self.ids = list(first["id"])
@@ -188,7 +206,9 @@ class _Data:
                 if self.prompt_level and e["step"] in by_step:
                     entry = by_step[e["step"]]
                     correct[i] = entry["correct"]
-                    for pid, value in zip(entry.get("heldout_id", []), entry.get("heldout_nll", []), strict=True):
+                    for pid, value in zip(
+                        entry.get("heldout_id", []), entry.get("heldout_nll", []), strict=True
+                    ):
                         if pid in index:
                             nll[i, index[pid]] = value
                 elif not self.prompt_level:
@@ -219,7 +239,9 @@ class _Data:
         if key not in self._cache:
             rng = np.random.default_rng([BOOT_SEED, n_seeds])
             self._cache[key] = (
-                rng.integers(0, n_seeds, (self.reps, n_seeds)) if n_seeds > 1 else np.zeros((self.reps, 1), int)
+                rng.integers(0, n_seeds, (self.reps, n_seeds))
+                if n_seeds > 1
+                else np.zeros((self.reps, 1), int)
             )
         return self._cache[key]
 
@@ -309,7 +331,9 @@ def matched_value(data: _Data, method: str, seed: int, target: float, what: str,
     """(B,) at held-out NLL `target`: the best out-of-domain accuracy (`what="out"`) or the mean entropy
     (`"entropy"`) over the method's runs, each interpolated where its held-out NLL first falls to `target`."""
     values = [
-        stats.interpolate_paths(data.path(i, "nll", point), data.path(i, what, point), target, decreasing=True)
+        stats.interpolate_paths(
+            data.path(i, "nll", point), data.path(i, what, point), target, decreasing=True
+        )
         for i in _runs_of(data, method, seed)
     ]
     if what == "out":
@@ -371,7 +395,9 @@ def frontier_gaps(data: _Data, methods: list[str], reference: str) -> list[dict[
 def nll_targets(data: _Data, method: str, reference: str, seeds: list[int]) -> list[float]:
     """`NLL_TARGETS` held-out NLL levels from just below the base model's down to the lowest every seed of both
     methods reaches."""
-    base = [data.path(i, "nll", True)[0][0] for i in data.runs if data.runs[i]["method"] in (method, reference)]
+    base = [
+        data.path(i, "nll", True)[0][0] for i in data.runs if data.runs[i]["method"] in (method, reference)
+    ]
     base = [b for b in base if np.isfinite(b)]
     floor = max((_reach(data, m, s, "nll") for m in (method, reference) for s in seeds), default=np.nan)
     if not base or not np.isfinite(floor) or floor >= min(base):
@@ -439,16 +465,17 @@ def equal_settings(data: _Data, groups: list[dict[str, Any]], reference: str) ->
         seeds = sorted(set(g["seeds"]) & set(twin["seeds"]))
         gap = {}
         for key, what in (("in_domain", "in"), ("out_of_domain", "out"), ("heldout_nll", "nll")):
-            def per_seed(s, pt, w=what):
-                a, b = _setting_runs(data, g["name"], s), _setting_runs(data, twin["name"], s)
+
+            def per_seed(s, pt, w=what, a_name=g["name"], b_name=twin["name"]):
+                a, b = _setting_runs(data, a_name, s), _setting_runs(data, b_name, s)
                 return _final(data, a, w, pt) - _final(data, b, w, pt)
 
             gap[key] = _test(_bootstrap(data, seeds, per_seed), ACCURACY_MARGIN)
         acc_family += [gap["in_domain"], gap["out_of_domain"]]
 
-        def entropy_gap(s, pt):
-            a = data.runs[_setting_runs(data, g["name"], s)]
-            b = data.runs[_setting_runs(data, twin["name"], s)]
+        def entropy_gap(s, pt, a_name=g["name"], b_name=twin["name"]):
+            a = data.runs[_setting_runs(data, a_name, s)]
+            b = data.runs[_setting_runs(data, b_name, s)]
             return np.full(1 if pt else data.reps, entropy_equal_step(a, b))
 
         gap["entropy"] = _test(_bootstrap(data, seeds, entropy_gap), ENTROPY_MARGIN)
@@ -468,7 +495,9 @@ def setting_estimates(data: _Data, groups: list[dict[str, Any]]) -> None:
         seeds = g["seeds"]
         for key, what in (("in_domain", "in"), ("out_of_domain", "out"), ("best_in_domain", "best_in"),
                           ("heldout_nll", "nll")):  # fmt: skip
-            est = _bootstrap(data, seeds, lambda s, pt, w=what: _final(data, _setting_runs(data, g["name"], s), w, pt))
+            est = _bootstrap(
+                data, seeds, lambda s, pt, w=what, n=g["name"]: _final(data, _setting_runs(data, n, s), w, pt)
+            )
             g["metrics"][key] = {"n": len(seeds), **{k: est.get(k) for k in ("mean", "se", "ci95")}}
         noise = {}
         for key, what, n in (("in_domain", "in", n_in), ("out_of_domain", "out", n_out)):
@@ -491,7 +520,9 @@ CLAIMS = (
 )
 
 
-def claims(data: _Data, methods: list[str], reference: str, frontier: list, matched: list, equal: list) -> list:
+def claims(
+    data: _Data, methods: list[str], reference: str, frontier: list, matched: list, equal: list
+) -> list:
     """The claims table: for each method and claim, the effect (mean over the levels, targets or equal-LR pairs
     of the comparison, paired by seed and prompt) with its bootstrap interval, the test of "no effect"
     Holm-adjusted over every claim of the table, and "holds" (adjusted p < 0.05, effect in the claimed
@@ -512,15 +543,15 @@ def claims(data: _Data, methods: list[str], reference: str, frontier: list, matc
                 return np.full(like, np.nan)
             return _nanmean(np.stack(values))
 
-        def frontier_effect(s, pt):
+        def frontier_effect(s, pt, method=method, levels=levels):
             return mean_over([frontier_value(data, method, s, lv, pt) - frontier_value(data, reference, s, lv, pt)
                               for lv in levels], 1 if pt else data.reps)  # fmt: skip
 
-        def nll_effect(s, pt, what="out"):
+        def nll_effect(s, pt, what="out", method=method, targets=targets):
             return mean_over([matched_value(data, method, s, t, what, pt) - matched_value(data, reference, s, t, what, pt)
                               for t in targets], 1 if pt else data.reps)  # fmt: skip
 
-        def entropy_effect(s, pt):
+        def entropy_effect(s, pt, pairs=pairs):
             gaps = []
             for e in pairs:
                 a, b = _setting_runs(data, e["setting"], s), _setting_runs(data, e["reference_setting"], s)
@@ -573,7 +604,9 @@ def method_frontiers(data: _Data) -> dict[str, dict[str, Any]]:
                 if np.isfinite(v):
                     per_seed[str(s)].append((level, v))
             reached = [s for s in seeds if np.isfinite(frontier_value(data, method, s, level, True)[0])]
-            est = _bootstrap(data, reached, lambda s, pt, lv=level: frontier_value(data, method, s, lv, pt))
+            est = _bootstrap(
+                data, reached, lambda s, pt, lv=level, m=method: frontier_value(data, m, s, lv, pt)
+            )
             levels.append({"level": level, "seeds": len(seeds), "n": len(reached),
                            **{k: est.get(k) for k in ("mean", "se", "ci95")}})  # fmt: skip
         out[method] = {"seeds": per_seed, "levels": levels}

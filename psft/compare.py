@@ -142,7 +142,9 @@ class CompareConfig:
     )
     eval_every: int = field(
         default=0,
-        metadata={"help": "optimizer steps between evaluations (0: log-spaced, at 0, 2, 4, 8, ... and the end)"},
+        metadata={
+            "help": "optimizer steps between evaluations (0: log-spaced, at 0, 2, 4, 8, ... and the end)"
+        },
     )
     max_new_tokens: int = field(
         default=40, metadata={"help": "decoding budget per evaluation answer (greedy)"}
@@ -600,7 +602,9 @@ def load_prompts(out: Path, results: list[dict[str, Any]]) -> dict[str, list[dic
             try:
                 prompts[result["id"]] = [json.loads(line) for line in path.read_text().splitlines() if line]
             except ValueError as err:
-                raise UserError(f"{path}: unreadable ({err}); delete that run directory to rerun it") from None
+                raise UserError(
+                    f"{path}: unreadable ({err}); delete that run directory to rerun it"
+                ) from None
     return prompts
 
 

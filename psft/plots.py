@@ -142,7 +142,9 @@ def plot_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
             color, line = style(setting)
             ax.plot(steps, [scale * m for m in means], line, color=color, label=setting, marker="o", ms=3)
             if n_seeds > 1:
-                ax.fill_between(steps, [scale * v for v in low], [scale * v for v in high], color=color, alpha=0.12)
+                ax.fill_between(
+                    steps, [scale * v for v in low], [scale * v for v in high], color=color, alpha=0.12
+                )
         _log_steps(ax)
         ax.set_ylabel(label)
     axes[0].set_title(f"Forgetting over steps ({seeds_note})", fontsize=10)

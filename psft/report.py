@@ -110,9 +110,9 @@ NOISE_TEXT = (
     "since every run is scored on the same prompts), and the same draws serve both methods of a comparison, so "
     "gaps are paired by seed and prompt. p-values are normal approximations from the bootstrap standard error. "
     "Verdicts: within each table (every method and level of it), p-values are Holm-adjusted (family-wise error "
-    "at most 5% per table); \"above\"/\"below\" when the adjusted test of no difference rejects, \"equivalent "
-    "within ±m\" only when the adjusted two one-sided tests (TOST, margin m = {acc} points for accuracies, "
-    "{ent} nats for entropy) reject a difference of m or more, otherwise \"not resolved\": the data do not "
+    'at most 5% per table); "above"/"below" when the adjusted test of no difference rejects, "equivalent '
+    'within ±m" only when the adjusted two one-sided tests (TOST, margin m = {acc} points for accuracies, '
+    '{ent} nats for entropy) reject a difference of m or more, otherwise "not resolved": the data do not '
     "decide. With one seed the seed noise is not measured: intervals cover prompts only and nothing is tested."
 )
 
@@ -199,7 +199,10 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
                 lines.append(f"\n- {g['method']} vs {g['reference']}: no in-domain level of at least 5% reached by "
                              "every seed of both; no comparison.")  # fmt: skip
     if gaps:
-        lines += ["", "| in-domain level | " + " | ".join(f"{g['method']} − {g['reference']}" for g in gaps) + " |"]
+        lines += [
+            "",
+            "| in-domain level | " + " | ".join(f"{g['method']} − {g['reference']}" for g in gaps) + " |",
+        ]
         lines.append("|---|" + "---|" * len(gaps))
         for level in sorted({lv["level"] for g in gaps for lv in g["levels"]}):
             cells = []
@@ -226,7 +229,10 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
                 lines.append(f"- {m['method']} vs {m['reference']}: no held-out NLL target reached by every seed "
                              "of both (or no held-out NLL recorded); no comparison.")  # fmt: skip
         if matched:
-            lines += ["| method | held-out NLL target | out-of-domain gap | entropy gap |", "|---|---|---|---|"]
+            lines += [
+                "| method | held-out NLL target | out-of-domain gap | entropy gap |",
+                "|---|---|---|---|",
+            ]
             for m in matched:
                 for t in m["targets"]:
                     lines.append(f"| {m['method']} | {t['target']:.3f} | {_cell(t['out_of_domain'])} | "
@@ -262,9 +268,9 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
             "",
             f"Each claim of a method against `{summary['reference']}`, generated from the data: the effect (accuracy "
             "in points, entropy in nats) with its 95% bootstrap interval over seeds and prompts, the p-value of "
-            f"\"no effect\" Holm-adjusted over the {claims[0]['family']} claims of this table, and whether it holds: "
-            "\"holds\" (adjusted p < 0.05, effect in the claimed direction), \"does not hold\" (the opposite "
-            "direction shown, or equivalence within the margin shown by TOST) or \"not resolved\". report.json "
+            f'"no effect" Holm-adjusted over the {claims[0]["family"]} claims of this table, and whether it holds: '
+            '"holds" (adjusted p < 0.05, effect in the claimed direction), "does not hold" (the opposite '
+            'direction shown, or equivalence within the margin shown by TOST) or "not resolved". report.json '
             "has the same rows under summary.claims.",
             "",
             "| claim | effect [95% CI] | over | Holm-adjusted p | test | holds |",

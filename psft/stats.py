@@ -138,7 +138,7 @@ def verdict(
     unit: str = "points",
     scale: float = 100,
 ) -> str:
-    """"above" / "below" when the adjusted test of "no difference" rejects; "equivalent within +/-m <unit>" when
+    """ "above" / "below" when the adjusted test of "no difference" rejects; "equivalent within +/-m <unit>" when
     the adjusted TOST rejects "a difference of at least m"; otherwise "not resolved" (the data do not decide)."""
     if estimate is None or p_adjusted is None:
         return "not resolved"
@@ -169,9 +169,7 @@ def interpolate_at(
     return None
 
 
-def interpolate_paths(
-    x: np.ndarray, y: np.ndarray, target: float, decreasing: bool = False
-) -> np.ndarray:
+def interpolate_paths(x: np.ndarray, y: np.ndarray, target: float, decreasing: bool = False) -> np.ndarray:
     """Vectorised `interpolate_at` over leading axes: `x`, `y` (..., n_evals) -> (...,), NaN where never
     reached."""
     s = -1.0 if decreasing else 1.0

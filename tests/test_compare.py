@@ -166,7 +166,10 @@ def test_matched_held_out_nll_interpolates_each_path_to_the_target():
     assert at_10["out_of_domain"]["mean"] == pytest.approx(0.6 - 0.5)
     claims = {c["kind"]: c for c in summary["claims"]}
     assert set(claims) == {"frontier", "matched_nll", "entropy_step", "entropy_nll"}
-    assert claims["matched_nll"]["claim"] == "m keeps more out-of-domain accuracy than sft at matched held-out NLL"
+    assert (
+        claims["matched_nll"]["claim"]
+        == "m keeps more out-of-domain accuracy than sft at matched held-out NLL"
+    )
     assert claims["matched_nll"]["holds"] in ("holds", "does not hold", "not resolved")
 
 
@@ -176,11 +179,17 @@ def test_summary_pairs_equal_settings_and_tests_entropy_at_equal_step(capsys):
         for name, lr in (("sft[lr=1]", "1"), ("sft[lr=2]", "2")):
             runs.append({**_run("sft", seed, [(0.0, 0.9), (0.5, 0.3)], name=name), "point": {"lr": lr}})
         m = {**_run("m", seed, [(0.0, 0.9), (0.5, 0.5 + 0.01 * seed)], name="m[lr=1]"), "point": {"lr": "1"}}
-        m["curves"] = [{"step": 5, "nll": 0.5, "entropy": 0.3}, {"step": 10, "nll": 0.5, "entropy": 0.5 + 0.01 * seed}]
+        m["curves"] = [
+            {"step": 5, "nll": 0.5, "entropy": 0.3},
+            {"step": 10, "nll": 0.5, "entropy": 0.5 + 0.01 * seed},
+        ]
         runs.append(m)
     for run in runs:
         if run["method"] == "sft":
-            run["curves"] = [{"step": 5, "nll": 0.5, "entropy": 0.3}, {"step": 10, "nll": 0.5, "entropy": 0.3}]
+            run["curves"] = [
+                {"step": 5, "nll": 0.5, "entropy": 0.3},
+                {"step": 10, "nll": 0.5, "entropy": 0.3},
+            ]
     summary = summarize(runs, "sft")
     assert [g["name"] for g in summary["groups"]] == ["sft[lr=1]", "sft[lr=2]", "m[lr=1]"]
     (equal,) = summary["equal_settings"]
@@ -211,7 +220,7 @@ def test_research_preset_grids_seeds_prompts_and_log_spaced_evaluations():
     assert set(grids) == {"sft", "psft-K8", "eaft", "dft", "asft", "sft-kl"}
     for method, grid in grids.items():
         assert len(grid) >= (5 if method in ("sft", "psft-K8") else 3), method
-        ratios = {round(b / a, 1) for a, b in zip(sorted(grid), sorted(grid)[1:])}
+        ratios = {round(b / a, 1) for a, b in zip(sorted(grid), sorted(grid)[1:], strict=False)}
         assert len(ratios) <= 2 and min(ratios) >= 2, (method, ratios)  # log-spaced
     assert log_steps(192) == [0, 2, 4, 8, 16, 32, 64, 128, 192]
     assert log_steps(8) == [0, 2, 4, 8] and log_steps(1) == [0, 1]
@@ -351,20 +360,33 @@ def test_demo_quick_end_to_end_writes_a_well_formed_report_and_plots(tmp_path, c
         assert (tmp_path / png).stat().st_size > 1000
     # per-prompt results of every evaluation, in each run's directory
     for run in report["runs"]:
-        lines = [json.loads(line) for line in (tmp_path / run["id"] / "prompts.jsonl").read_text().splitlines()]
+        lines = [
+            json.loads(line) for line in (tmp_path / run["id"] / "prompts.jsonl").read_text().splitlines()
+        ]
         assert [e["step"] for e in lines] == [0, 12]
         first = lines[0]
         assert len(first["id"]) == len(first["correct"]) == 8 * 7 and first["id"][0] == "arith:0"
         assert first["heldout_id"] == [f"arith:{i}" for i in range(8)] and len(first["heldout_nll"]) == 8
         in_domain = [c for c, g in zip(first["correct"], first["group"], strict=True) if g == "in_domain"]
         assert sum(in_domain) / len(in_domain) == pytest.approx(run["evals"][0]["in_domain"])
-        assert run["evals"][1]["heldout_nll"] < run["evals"][0]["heldout_nll"]  # the demonstrations are learned
+        assert (
+            run["evals"][1]["heldout_nll"] < run["evals"][0]["heldout_nll"]
+        )  # the demonstrations are learned
     summary = report["summary"]
     assert summary["noise"]["prompt_level"] and summary["noise"]["in_domain_prompts"] == 8
-    assert [c["kind"] for c in summary["claims"]] == ["frontier", "matched_nll", "entropy_step", "entropy_nll"]
+    assert [c["kind"] for c in summary["claims"]] == [
+        "frontier",
+        "matched_nll",
+        "entropy_step",
+        "entropy_nll",
+    ]
     assert all(c["holds"] == "not resolved" for c in summary["claims"])  # one seed: nothing is tested
     text = (tmp_path / "report.md").read_text()
-    assert "## Uncertainty" in text and "Holm-adjusted" in text and text.rstrip().splitlines()[-1].startswith("| psft-K8")
+    assert (
+        "## Uncertainty" in text
+        and "Holm-adjusted" in text
+        and text.rstrip().splitlines()[-1].startswith("| psft-K8")
+    )
     assert "## Claims" in text and "| claim | effect [95% CI] |" in text and "not resolved" in text
     captured = capsys.readouterr()
     assert "psft compare" in captured.out and "smoke run" in captured.err

@@ -95,7 +95,11 @@ def heldout_nll(model, tokenizer, rows: list[dict[str, Any]], batch_size: int = 
         device = model.device
         logp = label_log_probs(
             model,
-            {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)},
+            {
+                "input_ids": input_ids.to(device),
+                "attention_mask": mask.to(device),
+                "labels": labels.to(device),
+            },
         ).cpu()
         counts = (labels[:, 1:] != -100).sum(-1).clamp(min=1)
         out.extend((-logp.sum(-1) / counts).tolist())
