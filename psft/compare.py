@@ -85,10 +85,21 @@ FULL_METHODS = [
     {"name": "asft", "loss_type": "asft", "sweep": {"learning_rate": [1e-3, 3e-3, 1e-2]}},
     {"name": "sft-kl", "loss_type": "sft_kl", "sweep": {"learning_rate": [1e-4, 3e-4, 1e-3]}},
 ]
-# Measured cost of one run of this preset at one torch thread (benchmarks/preset_cost.py, see docs/statistics.md);
-# `--help` and the docs quote it.
-FULL_RUN_TRAIN_S = None
-FULL_RUN_EVAL_S = None
+# Measured cost of one run of this preset at one torch thread, in CPU seconds (an idle core's wall time):
+# `python benchmarks/preset_cost.py --preset full --setting 'sft[learning_rate=0.00025]'` (docs/statistics.md).
+FULL_RUN_TRAIN_S = 60  # training, 192 steps (PSFT-K8: about 1.25x)
+FULL_RUN_EVAL_S = 81  # 9 evaluations of 755 prompts, held-out NLL and drift
+
+
+def full_preset_cost() -> str:
+    """One line for `--help`: the research preset's runs, cost per run and in total, and `--jobs` guidance."""
+    runs = len(full_preset().runs())
+    hours = runs * (FULL_RUN_TRAIN_S + FULL_RUN_EVAL_S) / 3600
+    return (
+        f"the research preset: 6 methods, each over its own learning-rate grid, x 5 seeds = {runs} runs; one run "
+        f"takes ~{FULL_RUN_TRAIN_S} s training + ~{FULL_RUN_EVAL_S} s evaluation on one idle core, ~{hours:.0f} h "
+        f"in all; on a 2-core machine use --jobs 2 (~{hours / 2:.1f} h), more jobs than cores only slow each other"
+    )
 
 # Defaults for any other base model, taken to be a real instruct model (e.g. SmolLM2-135M-Instruct made by
 # `psft convert`): in-domain word problems with boxed answers; out-of-domain everyday knowledge, format
@@ -693,7 +704,7 @@ def _parser(prog: str, demo: bool) -> argparse.ArgumentParser:
         preset.add_argument(
             "--full",
             action="store_true",
-            help="the research preset: 6 methods x 3 learning rates x 3 seeds (hours on one CPU; use --jobs)",
+            help=full_preset_cost(),
         )
         parser.add_argument(
             "--model",
