@@ -441,7 +441,7 @@ def _final(data: _Data, run_id: str, what: str, point: bool) -> np.ndarray:
     path = data.path(run_id, what, point)
     if what == "best_in":
         path = data.path(run_id, "in", point)
-        return np.nanmax(path, axis=1) if path.shape[1] else np.full(path.shape[0], np.nan)
+        return np.fmax.reduce(path, axis=1) if path.shape[1] else np.full(path.shape[0], np.nan)
     return path[:, -1] if path.shape[1] else np.full(path.shape[0], np.nan)
 
 
