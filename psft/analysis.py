@@ -393,8 +393,8 @@ def frontier_gaps(data: _Data, methods: list[str], reference: str) -> list[dict[
 
 
 def nll_targets(data: _Data, method: str, reference: str, seeds: list[int]) -> list[float]:
-    """`NLL_TARGETS` held-out NLL levels from just below the base model's down to the lowest every seed of both
-    methods reaches."""
+    """`NLL_TARGETS` held-out NLL levels evenly spaced between the base model's and the lowest every seed of both
+    methods reaches (both excluded)."""
     base = [
         data.path(i, "nll", True)[0][0] for i in data.runs if data.runs[i]["method"] in (method, reference)
     ]
@@ -403,7 +403,9 @@ def nll_targets(data: _Data, method: str, reference: str, seeds: list[int]) -> l
     if not base or not np.isfinite(floor) or floor >= min(base):
         return []
     top = min(base)
-    return [float(top - (top - floor) * k / NLL_TARGETS) for k in range(1, NLL_TARGETS + 1)]
+    # evenly spaced strictly inside (floor, base): at the floor itself one seed only touches the target, and
+    # resampled prompts would often leave it unreached
+    return [float(top - (top - floor) * k / (NLL_TARGETS + 1)) for k in range(1, NLL_TARGETS + 1)]
 
 
 def matched_nll(data: _Data, methods: list[str], reference: str) -> list[dict[str, Any]]:

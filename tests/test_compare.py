@@ -158,12 +158,17 @@ def test_matched_held_out_nll_interpolates_each_path_to_the_target():
     summary = summarize(runs, "sft")
     (matched,) = summary["matched_nll"]
     targets = [t["target"] for t in matched["targets"]]
-    assert targets == pytest.approx([2 - k / 6 for k in range(1, 7)])  # base 2.0 down to the shared floor 1.0
-    at_15 = matched["targets"][2]
-    # sft falls to 1.5 halfway between steps 0 and 10: 0.9 + (0.5 - 0.9) / 2 = 0.7; m is exactly there at 0.8
-    assert at_15["out_of_domain"]["mean"] == pytest.approx(0.1)
-    at_10 = matched["targets"][5]
-    assert at_10["out_of_domain"]["mean"] == pytest.approx(0.6 - 0.5)
+    assert targets == pytest.approx([2 - k / 7 for k in range(1, 7)])  # between base 2.0 and the shared floor 1.0
+    at = matched["targets"][2]  # 2 - 3/7
+    # sft falls to it between steps 0 and 10 (NLL 2 -> 1, out-of-domain 0.9 -> 0.5), m between steps 0 and 10
+    # (NLL 2 -> 1.5, out-of-domain 0.9 + 0.01 seed -> 0.8)
+    sft_at = 0.9 + (3 / 7) * (0.5 - 0.9)
+    m_at = [0.9 + 0.01 * seed + (3 / 7) / 0.5 * (0.8 - 0.9 - 0.01 * seed) for seed in range(3)]
+    assert at["out_of_domain"]["mean"] == pytest.approx(sum(m_at) / 3 - sft_at)
+    last = matched["targets"][5]  # 2 - 6/7: sft between steps 0 and 10, m between steps 10 and 20
+    sft_last = 0.9 + (6 / 7) * (0.5 - 0.9)
+    m_last = 0.8 + ((6 / 7 - 0.5) / 0.5) * (0.6 - 0.8)
+    assert last["out_of_domain"]["mean"] == pytest.approx(m_last - sft_last)
     claims = {c["kind"]: c for c in summary["claims"]}
     assert set(claims) == {"frontier", "matched_nll", "entropy_step", "entropy_nll"}
     assert (
