@@ -158,7 +158,8 @@ def test_matched_held_out_nll_interpolates_each_path_to_the_target():
     summary = summarize(runs, "sft")
     (matched,) = summary["matched_nll"]
     targets = [t["target"] for t in matched["targets"]]
-    assert targets == pytest.approx([2 - k / 7 for k in range(1, 7)])  # between base 2.0 and the shared floor 1.0
+    # six targets strictly between the base's 2.0 and the shared floor 1.0
+    assert targets == pytest.approx([2 - k / 7 for k in range(1, 7)])
     at = matched["targets"][2]  # 2 - 3/7
     # sft falls to it between steps 0 and 10 (NLL 2 -> 1, out-of-domain 0.9 -> 0.5), m between steps 0 and 10
     # (NLL 2 -> 1.5, out-of-domain 0.9 + 0.01 seed -> 0.8)
