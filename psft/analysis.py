@@ -46,12 +46,6 @@ METRICS = (
     "entropy",
     "clip_high",
 )
-PROMPT_METRICS = (
-    "in_domain",
-    "out_of_domain",
-    "best_in_domain",
-    "heldout_nll",
-)  # bootstrapped over prompts too
 REPS = 1000  # bootstrap replicates
 BOOT_SEED = 0  # the bootstrap's own random seed: the report is a deterministic function of the runs
 ACCURACY_MARGIN = 0.03  # equivalence margin of accuracy gaps (TOST): +/- 3 points
