@@ -1,7 +1,8 @@
 """PNG plots of a `psft compare` report (matplotlib, no display needed); `psft.report` has their captions.
 
 Colour = method, line style = sweep point (e.g. learning rate); curves are means over seeds with a band for the
-95% t-interval where there are two seeds or more.
+95% t-interval where there are two seeds or more (the frontier's band: the bootstrap over seeds and prompts).
+Curves over steps use a log-ish step axis: the log-spaced evaluations are dense early, where forgetting starts.
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ def _mean_band(runs: list[dict[str, Any]], rows: str, key: str):
     return steps, means, low, high
 
 
+def _log_steps(ax) -> None:
+    """A log-ish step axis: linear below 4 (so step 0 shows), logarithmic above, so early steps are visible."""
+    ax.set_xscale("symlog", linthresh=4, linscale=0.5)
+    ax.set_xlabel("optimizer step (log scale above 4)")
+
+
 def plot_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write frontier.png, pareto.png, entropy.png, clip_ratio.png and drift.png; return their paths."""
+    """Write frontier.png, pareto.png, forgetting.png, entropy.png, clip_ratio.png and drift.png; return their
+    paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,14 +81,7 @@ def plot_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         for curve in frontier["seeds"].values():
             if curve:
                 xs, ys = zip(*curve, strict=True)
-                ax.step(
-                    [100 * x for x in xs],
-                    [100 * y for y in ys],
-                    where="pre",
-                    color=colors[method],
-                    alpha=0.3,
-                    lw=0.8,
-                )
+                ax.plot([100 * x for x in xs], [100 * y for y in ys], color=colors[method], alpha=0.3, lw=0.8)
         full = [lv for lv in frontier["levels"] if lv["n"] == lv["seeds"] and lv["mean"] is not None]
         if full:
             xs = [100 * lv["level"] for lv in full]
@@ -128,6 +129,30 @@ def plot_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ax.legend(fontsize=7, ncol=2)
     save(fig, "pareto.png")
 
+    # forgetting over steps: out-of-domain accuracy and held-out NLL at each evaluation, log-ish step axis
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label, scale in (
+        (axes[0], "out_of_domain", "out-of-domain accuracy (%)", 100),
+        (axes[1], "heldout_nll", "held-out NLL of in-domain demonstrations (nats/token)", 1),
+    ):
+        for setting in settings:
+            steps, means, low, high = _mean_band(settings[setting], "evals", key)
+            if not steps:
+                continue
+            color, line = style(setting)
+            ax.plot(steps, [scale * m for m in means], line, color=color, label=setting, marker="o", ms=3)
+            if n_seeds > 1:
+                ax.fill_between(
+                    steps, [scale * v for v in low], [scale * v for v in high], color=color, alpha=0.12
+                )
+        _log_steps(ax)
+        ax.set_ylabel(label)
+    axes[0].set_title(f"Forgetting over steps ({seeds_note})", fontsize=10)
+    axes[1].set_title("Fit of held-out in-domain demonstrations", fontsize=10)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=6, ncol=2)
+    save(fig, "forgetting.png")
+
     for key, name, label, title, scale, rows in (
         ("entropy", "entropy.png", "predictive entropy (nats per token)", "Token entropy on training batches", 1, "curves"),
         ("clip_ratio/high", "clip_ratio.png", "tokens clipped: ratio > 1 + epsilon_high (%)",
@@ -156,7 +181,7 @@ def plot_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
                     steps, [scale * v for v in low], [scale * v for v in high], color=color, alpha=0.12
                 )
             drawn += 1
-        ax.set_xlabel("optimizer step")
+        _log_steps(ax)
         ax.set_ylabel(label)
         ax.set_title(f"{title} ({seeds_note})", fontsize=10)
         if drawn:

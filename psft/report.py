@@ -1,5 +1,6 @@
-"""`report.md` of a `psft compare` run: what ran, final metrics with intervals (columns defined), the frontier
-verdicts, the matched-NLL and equal-settings views, and the plots with how to read them."""
+"""`report.md` of a `psft compare` run: what ran, how uncertainty is measured (seeds and prompts), final metrics
+with intervals (columns defined), the frontier, matched held-out NLL and equal-settings views with Holm-adjusted
+verdicts, the plots with how to read them, and the claims table (also machine-readable in report.json)."""
 
 from __future__ import annotations
 
@@ -10,34 +11,43 @@ COLUMNS = (
     ("in_domain", "in-domain %", 100),
     ("best_in_domain", "best in-domain %", 100),
     ("out_of_domain", "out-of-domain %", 100),
+    ("heldout_nll", "held-out NLL", 1),
     ("nll", "train NLL", 1),
     ("drift_kl", "drift KL", 1),
     ("entropy", "entropy", 1),
     ("clip_high", "clip high %", 100),
 )
 COLUMN_HELP = (
-    "Each cell: mean over seeds [95% Student-t interval, cut at 0% and 100% for shares] (one seed: the value alone). in-domain %: greedy accuracy "
+    "Each cell: mean over seeds [95% interval]. Accuracies and held-out NLL: bootstrap interval over seeds and "
+    "prompts (one seed: over prompts alone); the other columns: Student-t over seeds, cut at 0% and 100% for "
+    "shares (one seed: the value alone). in-domain %: greedy accuracy "
     "on the in-domain test prompts at the last evaluation; best in-domain %: the highest over the run's "
-    "evaluations; out-of-domain %: mean accuracy over the out-of-domain tasks at the last evaluation; train NLL: "
+    "evaluations; out-of-domain %: mean accuracy over the out-of-domain prompts at the last evaluation; held-out "
+    "NLL: negative log-likelihood per token (nats) of the in-domain test demonstrations at the last evaluation; "
+    "train NLL: "
     "negative log-likelihood per demonstration token (nats) on the last logged training steps; drift KL: "
     "KL(base || model) per token (nats) on the out-of-domain prompts and reference answers, at the last "
     "evaluation; entropy: mean predictive entropy (nats) on training tokens, last logged steps; clip high %: "
     "share of loss tokens with ratio > 1 + epsilon_high at the last logged steps (objectives with an old policy)."
 )
 PLOT_CAPTIONS = {
-    "frontier.png": "Each method's frontier: at each in-domain accuracy (x), the best out-of-domain accuracy (y) of "
-    "any of its checkpoints (every learning rate, every evaluation) reaching at least that in-domain level; thick "
-    "line = mean over seeds, band = 95% t-interval (levels every seed reached), thin lines = single seeds. Higher "
-    "is better: a curve above another keeps more general skill at the same in-domain progress.",
+    "frontier.png": "Each method's frontier: at each in-domain accuracy (x), the best out-of-domain accuracy (y) on "
+    "any of its runs' paths (every learning rate; linear between evaluations) at in-domain accuracy >= that "
+    "level; thick line = mean over seeds, band = 95% bootstrap interval over seeds and prompts (levels every seed "
+    "reached), thin lines = single seeds. Higher is better: a curve above another keeps more general skill at "
+    "the same in-domain progress.",
     "pareto.png": "Every evaluated checkpoint of every run: x in-domain accuracy, y out-of-domain accuracy; one line "
     "per run from the base model (star, step 0) to its last evaluation (labelled with its step). Up-right is better.",
+    "forgetting.png": "Out-of-domain accuracy (left) and held-out NLL of in-domain demonstrations (right) at each "
+    "evaluation, against the optimizer step on a log-ish axis (step 0 at the left edge) so that the first steps, "
+    "where forgetting starts, are visible; line = mean over seeds, band = 95% t-interval over seeds.",
     "entropy.png": "Mean predictive entropy (nats per token) on the training batches over optimizer steps; line = "
     "mean over seeds, band = 95% interval. A collapse towards 0 means the model became certain of its outputs.",
     "clip_ratio.png": "Share of loss tokens whose ratio to the old policy exceeds 1 + epsilon_high (they get no "
     "gradient) over optimizer steps, for objectives with an old policy (PSFT); line = mean over seeds, band = 95% "
     "interval.",
     "drift.png": "KL(base || model) per token (nats) on the out-of-domain prompts with their reference answers, at "
-    "each evaluation: how far the model moved from the base on text it should not have changed.",
+    "each evaluation (log-ish step axis): how far the model moved from the base on text it should not have changed.",
 }
 
 
@@ -65,6 +75,83 @@ def _gap(est: dict[str, Any], scale: float = 100) -> str:
     return text
 
 
+def _ci(est: dict[str, Any], scale: float = 100, digits: int = 1) -> str:
+    """`+4.2 [+1.0, +7.5]` of an estimate with a signed mean."""
+    if est.get("mean") is None:
+        return "-"
+    text = f"{scale * est['mean']:+.{digits}f}"
+    if est.get("ci95"):
+        low, high = (scale * v for v in est["ci95"])
+        text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    return text
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def format_claim(claim: dict[str, Any]) -> str:
+    """One line: the claim, its effect with interval, the adjusted test and whether it holds."""
+    unit = "points" if claim["unit"] == "points" else claim["unit"]
+    digits = 1 if claim["scale"] == 100 else 3
+    return (
+        f"{claim['claim']}: {_ci(claim, claim['scale'], digits)} {unit} ({claim['over']}); Holm-adjusted p "
+        f"{_p(claim.get('p_holm'))}: {claim['holds']}"
+    )
+
+
+NOISE_TEXT = (
+    "Two sources of noise enter every accuracy: the seed (each run's data order and initialisation) and the "
+    "finite set of evaluation prompts (a run's accuracy on n prompts has a binomial error of sqrt(p(1-p)/n)). "
+    "Intervals on accuracies, held-out NLL and gaps come from a bootstrap over both ({reps} replicates): each "
+    "replicate draws the seeds with replacement and the prompts with replacement (one draw shared by every seed, "
+    "since every run is scored on the same prompts), and the same draws serve both methods of a comparison, so "
+    "gaps are paired by seed and prompt. p-values are normal approximations from the bootstrap standard error. "
+    "Verdicts: within each table (every method and level of it), p-values are Holm-adjusted (family-wise error "
+    'at most 5% per table); "above"/"below" when the adjusted test of no difference rejects, "equivalent '
+    'within ±m" only when the adjusted two one-sided tests (TOST, margin m = {acc} points for accuracies, '
+    '{ent} nats for entropy) reject a difference of m or more, otherwise "not resolved": the data do not '
+    "decide. With one seed the seed noise is not measured: intervals cover prompts only and nothing is tested."
+)
+
+
+def _noise_section(summary: dict[str, Any]) -> list[str]:
+    noise = summary.get("noise") or {}
+    lines = ["", "## Uncertainty", ""]
+    lines.append(NOISE_TEXT.format(reps=noise.get("reps", "-"), acc=f"{100 * noise.get('accuracy_margin', 0):g}",
+                                   ent=f"{noise.get('entropy_margin', 0):g}"))  # fmt: skip
+    if not noise.get("prompt_level"):
+        lines += ["", "These runs have no per-prompt results (prompts.jsonl): intervals resample seeds only and "
+                  "understate the prompt noise."]  # fmt: skip
+    else:
+        lines += [
+            "",
+            f"Prompts per evaluation: {noise['in_domain_prompts']} in-domain, {noise['out_of_domain_prompts']} "
+            "out-of-domain. Size of each source at the last evaluation, in points: prompt = the binomial standard "
+            "error of one run (mean over seeds), seed = the standard deviation across seeds.",
+            "",
+            "| setting | in-domain: prompt SE | in-domain: seed SD | out-of-domain: prompt SE | out-of-domain: seed SD |",
+            "|---|---|---|---|---|",
+        ]
+        for g in summary["groups"]:
+            cells = []
+            for key in ("in_domain", "out_of_domain"):
+                n = (g.get("noise") or {}).get(key) or {}
+                cells += [_num(n.get("prompt_se")), _num(n.get("seed_sd"))]
+            lines.append(f"| {g['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _num(value: float | None, scale: float = 100) -> str:
+    return "-" if value is None else f"{scale * value:.1f}"
+
+
+def _cell(t: dict[str, Any], scale: float = 100, digits: int = 1) -> str:
+    return f"{_ci(t, scale, digits)} {t.get('verdict', '')}".strip()
+
+
 def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     """The whole report as Markdown."""
     config, summary = report["config"], report["summary"]
@@ -79,80 +166,120 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     if runs:
         train = sum(r.get("train_s", 0) for r in runs) / len(runs)
         evaluation = sum(r.get("eval_s", 0) for r in runs) / len(runs)
+        steps = sorted({e["step"] for r in runs for e in r.get("evals", [])})
         lines += [
             "",
-            f"Wall time per run: {train:.0f} s training and {evaluation:.0f} s evaluation on average.",
+            f"Wall time per run: {train:.0f} s training and {evaluation:.0f} s evaluation on average. "
+            f"Evaluated at steps {', '.join(map(str, steps))}.",
         ]
     if report["missing"]:
         lines += ["", f"Not finished (not in any number below): {', '.join(report['missing'])}."]
+    if summary.get("groups"):
+        lines += _noise_section(summary)
     lines += ["", "## Final metrics per setting", "", COLUMN_HELP, ""]
     lines.append("| setting | seeds | " + " | ".join(title for _, title, _ in COLUMNS) + " |")
     lines.append("|---|---|" + "---|" * len(COLUMNS))
     for g in summary["groups"]:
-        cells = [format_estimate(g["metrics"][key], scale) for key, _, scale in COLUMNS]
+        cells = [format_estimate(g["metrics"].get(key, {}), scale) for key, _, scale in COLUMNS]
         lines.append(f"| {g['name']} | {len(g['seeds'])} | " + " | ".join(cells) + " |")
+    gaps = [g for g in summary["frontier_gaps"] if g["levels"]]
     if summary["frontier_gaps"]:
+        family = next((lv["family"] for g in gaps for lv in g["levels"]), 0)
         lines += [
             "",
-            "## Frontier: out-of-domain accuracy at matched in-domain progress",
+            "## Frontier: out-of-domain accuracy at matched in-domain accuracy",
             "",
-            f"Paired by seed against `{summary['reference']}`; each method's frontier pools all its sweep points "
-            "and evaluations. Gaps in percentage points, mean [95% t-interval].",
-            "",
+            f"Each method's frontier (best interpolated out-of-domain accuracy over its runs at in-domain accuracy "
+            f">= the level) minus `{summary['reference']}`'s, paired by seed and prompt, in points: mean [95% "
+            f"bootstrap interval] and verdict, Holm-adjusted over the {family} tests of this table. Levels: those "
+            "every shared seed of both methods reaches.",
         ]
-        lines += [f"- {gap['verdict']}" for gap in summary["frontier_gaps"]]
-    if any(g["levels"] for g in summary["frontier_gaps"]):
+        for g in summary["frontier_gaps"]:
+            if not g["levels"]:
+                lines.append(f"\n- {g['method']} vs {g['reference']}: no in-domain level of at least 5% reached by "
+                             "every seed of both; no comparison.")  # fmt: skip
+    if gaps:
         lines += [
             "",
-            "| in-domain level | "
-            + " | ".join(f"{g['method']} − {g['reference']}" for g in summary["frontier_gaps"])
-            + " |",
+            "| in-domain level | " + " | ".join(f"{g['method']} − {g['reference']}" for g in gaps) + " |",
         ]
-        lines.append("|---|" + "---|" * len(summary["frontier_gaps"]))
-        levels = sorted({lv["level"] for g in summary["frontier_gaps"] for lv in g["levels"]})
-        for level in levels:
+        lines.append("|---|" + "---|" * len(gaps))
+        for level in sorted({lv["level"] for g in gaps for lv in g["levels"]}):
             cells = []
-            for g in summary["frontier_gaps"]:
+            for g in gaps:
                 match = [lv for lv in g["levels"] if lv["level"] == level]
-                cells.append(_gap(match[0]) if match else "-")
+                cells.append(_cell(match[0]) if match else "-")
             lines.append(f"| ≥ {100 * level:.0f}% | " + " | ".join(cells) + " |")
-    if summary["matched_nll"]:
+    matched = [m for m in summary.get("matched_nll", []) if m["targets"]]
+    if summary.get("matched_nll"):
         lines += [
             "",
-            "## Matched training NLL",
+            "## Matched held-out NLL",
             "",
-            f"Each setting against the `{summary['reference']}` setting whose mean final training NLL is closest: "
-            "does it keep more out-of-domain accuracy at the same fit? Gaps in points, paired by seed.",
+            "Held-out NLL: per token, of the in-domain test demonstrations, measured at every evaluation. At each "
+            "target NLL (between the base model's and the lowest every seed of both methods reaches), each run's "
+            "out-of-domain accuracy and entropy are interpolated where its held-out NLL first falls to the target; "
+            "a method's value is the best accuracy (mean entropy) over its runs. Gaps against "
+            f"`{summary['reference']}`, paired by seed and prompt: accuracy in points, entropy in nats; verdicts "
+            "Holm-adjusted over every method and target (accuracy and entropy are two families).",
             "",
-            "| setting | its NLL | closest reference | its NLL | NLL intervals overlap | in-domain gap | out-of-domain gap |",
-            "|---|---|---|---|---|---|---|",
         ]
         for m in summary["matched_nll"]:
-            overlap = {True: "yes", False: "no (not matched)", None: "-"}[m["nll_intervals_overlap"]]
-            lines.append(
-                f"| {m['setting']} | {format_estimate(m['nll'])} | {m['reference_setting']} | "
-                f"{format_estimate(m['reference_nll'])} | {overlap} | {_gap(m['gap']['in_domain'])} | "
-                f"{_gap(m['gap']['out_of_domain'])} |"
-            )
+            if not m["targets"]:
+                lines.append(f"- {m['method']} vs {m['reference']}: no held-out NLL target reached by every seed "
+                             "of both (or no held-out NLL recorded); no comparison.")  # fmt: skip
+        if matched:
+            lines += [
+                "| method | held-out NLL target | out-of-domain gap | entropy gap |",
+                "|---|---|---|---|",
+            ]
+            for m in matched:
+                for t in m["targets"]:
+                    lines.append(f"| {m['method']} | {t['target']:.3f} | {_cell(t['out_of_domain'])} | "
+                                 f"{_cell(t['entropy'], 1, 3)} |")  # fmt: skip
     if summary["equal_settings"]:
         lines += [
             "",
             "## Equal hyper-parameters",
             "",
             f"Each setting against `{summary['reference']}` at the same sweep values (same learning rate): final "
-            "gaps, paired by seed (accuracy in points, NLL in nats).",
+            "gaps paired by seed and prompt (accuracy in points, held-out NLL in nats), and the entropy gap at equal "
+            "step (mean over every logged training step, nats; seeds only). Verdicts Holm-adjusted over the "
+            "table's accuracy gaps, and separately over its entropy gaps.",
             "",
-            "| setting | reference | in-domain gap | out-of-domain gap | NLL gap |",
-            "|---|---|---|---|---|",
+            "| setting | reference | in-domain gap | out-of-domain gap | held-out NLL gap | entropy gap (equal step) |",
+            "|---|---|---|---|---|---|",
         ]
         for e in summary["equal_settings"]:
             gap = e["gap"]
             lines.append(
-                f"| {e['setting']} | {e['reference_setting']} | {_gap(gap['in_domain'])} | "
-                f"{_gap(gap['out_of_domain'])} | {_gap(gap['nll'], 1)} |"
+                f"| {e['setting']} | {e['reference_setting']} | {_cell(gap['in_domain'])} | "
+                f"{_cell(gap['out_of_domain'])} | {_ci(gap['heldout_nll'], 1, 3)} | {_cell(gap['entropy'], 1, 3)} |"
             )
     if plots:
         lines += ["", "## Plots", ""]
         for name in plots:
             lines += [f"![{name}]({name})", "", PLOT_CAPTIONS.get(name, ""), ""]
+    claims = summary.get("claims") or []
+    if claims:
+        lines += [
+            "",
+            "## Claims",
+            "",
+            f"Each claim of a method against `{summary['reference']}`, generated from the data: the effect (accuracy "
+            "in points, entropy in nats) with its 95% bootstrap interval over seeds and prompts, the p-value of "
+            f'"no effect" Holm-adjusted over the {claims[0]["family"]} claims of this table, and whether it holds: '
+            '"holds" (adjusted p < 0.05, effect in the claimed direction), "does not hold" (the opposite '
+            'direction shown, or equivalence within the margin shown by TOST) or "not resolved". report.json '
+            "has the same rows under summary.claims.",
+            "",
+            "| claim | effect [95% CI] | over | Holm-adjusted p | test | holds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in claims:
+            digits = 1 if c["scale"] == 100 else 3
+            lines.append(
+                f"| {c['claim']} | {_ci(c, c['scale'], digits)} {c['unit']} | {c['over']} | {_p(c.get('p_holm'))} "
+                f"| {c['test']} | {c['holds']} |"
+            )
     return "\n".join(lines).rstrip() + "\n"

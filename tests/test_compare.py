@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import psft.compare as compare_module
-from psft.analysis import estimate, frontier_at, paired_frontier_gap, seed_frontier, summarize, t_quantile
+from psft.analysis import estimate, frontier_at, seed_frontier, summarize, t_quantile
 from psft.cli import main
 from psft.compare import CompareConfig, compare, load_report, print_table
 from psft.errors import UserError
@@ -112,7 +112,7 @@ def test_frontier_keeps_the_best_out_of_domain_at_each_in_domain_level():
 
 
 def _pair(gaps_by_seed, base=((0.0, 0.9), (0.5, 0.4), (0.8, 0.2))):
-    """Reference method `sft` and method `m` whose frontier is `sft`'s shifted by each seed's gap."""
+    """Reference method `sft` and method `m` whose path is `sft`'s shifted by each seed's gap."""
     runs = []
     for seed, gap in enumerate(gaps_by_seed):
         runs.append(_run("sft", seed, base))
@@ -120,55 +120,119 @@ def _pair(gaps_by_seed, base=((0.0, 0.9), (0.5, 0.4), (0.8, 0.2))):
     return runs
 
 
-def test_verdicts_never_claim_more_than_the_intervals():
-    dominates = paired_frontier_gap(_pair([0.10, 0.12, 0.11]), "m", "sft")
-    assert dominates["verdict"].startswith("m dominates sft over in-domain 5-80%")
-    assert all(lv["ci95"][0] > 0 for lv in dominates["levels"])
-    assert "Averaged over these levels: +11.0 points" in dominates["verdict"]
-    noisy = paired_frontier_gap(_pair([0.10, -0.08, 0.02]), "m", "sft")
-    assert "equal within noise" in noisy["verdict"] and "dominates" not in noisy["verdict"]
-    below = paired_frontier_gap(_pair([-0.10, -0.12, -0.11]), "m", "sft")
-    assert below["verdict"].startswith("m is dominated by sft")
-    single = paired_frontier_gap(_pair([0.3]), "m", "sft")
-    assert "one seed, so no interval and no verdict" in single["verdict"]
-    # above at low in-domain levels, below at high ones: a crossing
+def _verdicts(runs):
+    (gap,) = summarize(runs, "sft")["frontier_gaps"]
+    return gap, {lv["verdict"] for lv in gap["levels"]}
+
+
+def test_verdicts_never_claim_more_than_the_holm_adjusted_tests():
+    above, words = _verdicts(_pair([0.10, 0.12, 0.11]))
+    assert [lv["level"] for lv in above["levels"]][-1] == 0.8 and words == {"above"}
+    assert all(lv["mean"] == pytest.approx(0.11) and lv["p_holm"] < 0.05 for lv in above["levels"])
+    # Holm: the adjusted p-values are at least the raw ones, and the family is every level of the table
+    assert all(lv["p_holm"] >= lv["p"] and lv["family"] == len(above["levels"]) for lv in above["levels"])
+    assert _verdicts(_pair([-0.10, -0.12, -0.11]))[1] == {"below"}
+    assert _verdicts(_pair([0.10, -0.08, 0.02]))[1] == {"not resolved"}  # noisy: not "equal"
+    assert _verdicts(_pair([0.001, -0.001, 0.0]))[1] == {"equivalent within ±3 points"}  # TOST says so
+    single, words = _verdicts(_pair([0.3]))
+    assert words == {"not resolved"} and single["levels"][0]["p"] is None  # one seed: no test
+    # above at low in-domain levels, below at high ones
     runs = []
     for seed, (lo, hi) in enumerate([(0.10, -0.10), (0.12, -0.09), (0.11, -0.11)]):
         runs.append(_run("sft", seed, [(0.0, 0.9), (0.5, 0.4), (0.8, 0.3)]))
         runs.append(_run("m", seed, [(0.0, 0.9), (0.5, 0.4 + lo), (0.8, 0.3 + hi)]))
-    crossing = paired_frontier_gap(runs, "m", "sft")
-    assert crossing["verdict"].startswith(
-        "m and sft cross: m is above at in-domain 5-50% and below at 55-80%"
-    )
+    crossing, words = _verdicts(runs)
+    by_level = {lv["level"]: lv["verdict"] for lv in crossing["levels"]}
+    assert by_level[0.5] == "above" and by_level[0.8] == "below"
 
 
-def test_summary_matches_nll_and_pairs_equal_settings(capsys):
+def test_matched_held_out_nll_interpolates_each_path_to_the_target():
     runs = []
     for seed in range(3):
-        for name, nll in (("sft[lr=1]", 0.2), ("sft[lr=2]", 0.6)):
-            runs.append(
-                {
-                    **_run("sft", seed, [(0.0, 0.9), (0.5, 0.3)], name=name, nll=nll + 0.01 * seed),
-                    "point": {"lr": name[-2]},
-                }
-            )
-        runs.append(
-            {
-                **_run("m", seed, [(0.0, 0.9), (0.5, 0.5 + 0.01 * seed)], name="m[lr=1]", nll=0.55),
-                "point": {"lr": "1"},
-            }
-        )
+        sft = _run("sft", seed, [(0.0, 0.9), (0.5, 0.5), (0.6, 0.3)])
+        m = _run("m", seed, [(0.0, 0.9 + 0.01 * seed), (0.2, 0.8), (0.4, 0.6)])
+        for run, nll in ((sft, (2.0, 1.0, 0.5)), (m, (2.0, 1.5, 1.0))):
+            for e, value in zip(run["evals"], nll, strict=True):
+                e["heldout_nll"] = value
+        runs += [sft, m]
+    summary = summarize(runs, "sft")
+    (matched,) = summary["matched_nll"]
+    targets = [t["target"] for t in matched["targets"]]
+    # six targets strictly between the base's 2.0 and the shared floor 1.0
+    assert targets == pytest.approx([2 - k / 7 for k in range(1, 7)])
+    at = matched["targets"][2]  # 2 - 3/7
+    # sft falls to it between steps 0 and 10 (NLL 2 -> 1, out-of-domain 0.9 -> 0.5), m between steps 0 and 10
+    # (NLL 2 -> 1.5, out-of-domain 0.9 + 0.01 seed -> 0.8)
+    sft_at = 0.9 + (3 / 7) * (0.5 - 0.9)
+    m_at = [0.9 + 0.01 * seed + (3 / 7) / 0.5 * (0.8 - 0.9 - 0.01 * seed) for seed in range(3)]
+    assert at["out_of_domain"]["mean"] == pytest.approx(sum(m_at) / 3 - sft_at)
+    last = matched["targets"][5]  # 2 - 6/7: sft between steps 0 and 10, m between steps 10 and 20
+    sft_last = 0.9 + (6 / 7) * (0.5 - 0.9)
+    m_last = 0.8 + ((6 / 7 - 0.5) / 0.5) * (0.6 - 0.8)
+    assert last["out_of_domain"]["mean"] == pytest.approx(m_last - sft_last)
+    claims = {c["kind"]: c for c in summary["claims"]}
+    assert set(claims) == {"frontier", "matched_nll", "entropy_step", "entropy_nll"}
+    assert (
+        claims["matched_nll"]["claim"]
+        == "m keeps more out-of-domain accuracy than sft at matched held-out NLL"
+    )
+    assert claims["matched_nll"]["holds"] in ("holds", "does not hold", "not resolved")
+
+
+def test_summary_pairs_equal_settings_and_tests_entropy_at_equal_step(capsys):
+    runs = []
+    for seed in range(3):
+        for name, lr in (("sft[lr=1]", "1"), ("sft[lr=2]", "2")):
+            runs.append({**_run("sft", seed, [(0.0, 0.9), (0.5, 0.3)], name=name), "point": {"lr": lr}})
+        m = {**_run("m", seed, [(0.0, 0.9), (0.5, 0.5 + 0.01 * seed)], name="m[lr=1]"), "point": {"lr": "1"}}
+        m["curves"] = [
+            {"step": 5, "nll": 0.5, "entropy": 0.3},
+            {"step": 10, "nll": 0.5, "entropy": 0.5 + 0.01 * seed},
+        ]
+        runs.append(m)
+    for run in runs:
+        if run["method"] == "sft":
+            run["curves"] = [
+                {"step": 5, "nll": 0.5, "entropy": 0.3},
+                {"step": 10, "nll": 0.5, "entropy": 0.3},
+            ]
     summary = summarize(runs, "sft")
     assert [g["name"] for g in summary["groups"]] == ["sft[lr=1]", "sft[lr=2]", "m[lr=1]"]
-    assert summary["groups"][0]["metrics"]["nll"]["mean"] == pytest.approx(0.21)
-    (matched,) = summary["matched_nll"]
-    assert matched["reference_setting"] == "sft[lr=2]"  # NLL 0.61 is closer to 0.55 than 0.21
-    assert matched["gap"]["out_of_domain"]["mean"] == pytest.approx(0.21)
     (equal,) = summary["equal_settings"]
     assert equal["reference_setting"] == "sft[lr=1]"
     assert equal["gap"]["in_domain"]["mean"] == pytest.approx(0.0)
+    assert equal["gap"]["out_of_domain"]["mean"] == pytest.approx(0.21)
+    assert equal["gap"]["out_of_domain"]["verdict"] == "above"
+    # entropy at equal step: steps after the first both logged (10): 0.5 + 0.01 seed - 0.3
+    assert equal["gap"]["entropy"]["mean"] == pytest.approx(0.21)
+    claim = next(c for c in summary["claims"] if c["kind"] == "entropy_step")
+    assert claim["mean"] == pytest.approx(0.21) and claim["holds"] == "holds"
     print_table({"finished": 9, "planned": 9, "summary": summary})
-    assert "sft[lr=1]" in capsys.readouterr().out  # a setting's name is not taken for rich markup
+    out = capsys.readouterr().out
+    assert "sft[lr=1]" in out  # a setting's name is not taken for rich markup
+    assert "claim: m's entropy stays higher than sft's at equal step" in out
+
+
+def test_research_preset_grids_seeds_prompts_and_log_spaced_evaluations():
+    from psft.compare import eval_schedule, full_preset
+    from psft.eval.callback import log_steps
+
+    config = full_preset()
+    runs = config.runs()
+    assert len(config.seeds) >= 5 and config.eval_size >= 155 and config.ood_eval_size >= 100
+    grids = {}
+    for run in runs:
+        grids.setdefault(run["method"], set()).add(run["overrides"]["learning_rate"])
+    assert set(grids) == {"sft", "psft-K8", "eaft", "dft", "asft", "sft-kl"}
+    for method, grid in grids.items():
+        assert len(grid) >= (5 if method in ("sft", "psft-K8") else 3), method
+        ratios = {round(b / a, 1) for a, b in zip(sorted(grid), sorted(grid)[1:], strict=False)}
+        assert len(ratios) <= 2 and min(ratios) >= 2, (method, ratios)  # log-spaced
+    assert log_steps(192) == [0, 2, 4, 8, 16, 32, 64, 128, 192]
+    assert log_steps(8) == [0, 2, 4, 8] and log_steps(1) == [0, 1]
+    assert eval_schedule(config, 192) == log_steps(192)
+    config.eval_every = 48
+    assert eval_schedule(config, 192) == [0, 48, 96, 144, 192]
 
 
 def _fake_runs(monkeypatch, fail_on=None):
@@ -208,7 +272,8 @@ def test_each_run_is_saved_when_it_ends_and_a_rerun_skips_finished_ones(tmp_path
     report = compare(config)
     assert trained == ["p-seed1"]  # the three finished runs were reused
     assert report["finished"] == 4 and report["summary"]["groups"][0]["seeds"] == [0, 1]
-    assert "p and sft are equal within noise" in (tmp_path / "report.md").read_text()
+    # identical runs: equivalence shown (TOST), never "equal within noise"
+    assert "equivalent within ±3 points" in (tmp_path / "report.md").read_text()
 
     (tmp_path / "report.json").unlink()
     with warnings.catch_warnings():  # no run clips: clip_ratio.png says so, no empty-legend warning
@@ -297,8 +362,38 @@ def test_demo_quick_end_to_end_writes_a_well_formed_report_and_plots(tmp_path, c
         assert all("entropy" in c and "nll" in c for c in run["curves"])
         assert run["train_s"] > 0 and run["eval_s"] > 0
     assert all("clip_ratio/high" in c for c in report["runs"][1]["curves"])
-    for png in ("frontier.png", "entropy.png", "clip_ratio.png", "pareto.png", "drift.png"):
+    for png in ("frontier.png", "entropy.png", "clip_ratio.png", "pareto.png", "drift.png", "forgetting.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    # per-prompt results of every evaluation, in each run's directory
+    for run in report["runs"]:
+        lines = [
+            json.loads(line) for line in (tmp_path / run["id"] / "prompts.jsonl").read_text().splitlines()
+        ]
+        assert [e["step"] for e in lines] == [0, 12]
+        first = lines[0]
+        assert len(first["id"]) == len(first["correct"]) == 8 * 7 and first["id"][0] == "arith:0"
+        assert first["heldout_id"] == [f"arith:{i}" for i in range(8)] and len(first["heldout_nll"]) == 8
+        in_domain = [c for c, g in zip(first["correct"], first["group"], strict=True) if g == "in_domain"]
+        assert sum(in_domain) / len(in_domain) == pytest.approx(run["evals"][0]["in_domain"])
+        assert (
+            run["evals"][1]["heldout_nll"] < run["evals"][0]["heldout_nll"]
+        )  # the demonstrations are learned
+    summary = report["summary"]
+    assert summary["noise"]["prompt_level"] and summary["noise"]["in_domain_prompts"] == 8
+    assert [c["kind"] for c in summary["claims"]] == [
+        "frontier",
+        "matched_nll",
+        "entropy_step",
+        "entropy_nll",
+    ]
+    assert all(c["holds"] == "not resolved" for c in summary["claims"])  # one seed: nothing is tested
+    text = (tmp_path / "report.md").read_text()
+    assert (
+        "## Uncertainty" in text
+        and "Holm-adjusted" in text
+        and text.rstrip().splitlines()[-1].startswith("| psft-K8")
+    )
+    assert "## Claims" in text and "| claim | effect [95% CI] |" in text and "not resolved" in text
     captured = capsys.readouterr()
     assert "psft compare" in captured.out and "smoke run" in captured.err
     assert "step 12/12" in captured.err
