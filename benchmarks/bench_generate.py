@@ -56,7 +56,30 @@ def rows(size: str, per_set: int) -> list[dict[str, Any]]:
     ]
 
 
+def run_static(model, tok, data, batch: int, max_new_tokens: int) -> tuple[float, list[str]]:
+    """The old path (records in order, `model.generate`) with a static KV cache (no torch.compile)."""
+    from psft.eval.generate import _encode_rendered, _generate_hf, stop_token_ids
+    from psft.eval.records import load_records, render_prompt
+
+    start = time.perf_counter()
+    records = load_records(data)
+    ids = [_encode_rendered(tok, render_prompt(tok, r.prompt), isinstance(r.prompt, str)) for r in records]
+    greedy = dict(
+        do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None, repetition_penalty=None
+    )
+    stops, outputs = stop_token_ids(model, tok), []
+    for i in range(0, len(ids), batch):
+        rows = _generate_hf(
+            model, ids[i : i + batch], stops, tok.pad_token_id, 1, {**greedy, "cache_implementation": "static"},
+            max_new_tokens,
+        )  # fmt: skip
+        outputs += [tok.decode(r, skip_special_tokens=True) for r in rows]
+    return time.perf_counter() - start, outputs
+
+
 def run(model, tok, data, decoder: str, batch: int, max_new_tokens: int) -> tuple[float, Any]:
+    if decoder == "hf-static":
+        return run_static(model, tok, data, batch, max_new_tokens)
     start = time.perf_counter()
     result = evaluate_generation(
         model, tok, data, max_new_tokens=max_new_tokens, batch_size=batch, checker="math", progress=False,
@@ -77,6 +100,7 @@ def main() -> None:
     parser.add_argument(
         "--new-batch", type=int, nargs="*", default=[], help="extra batch sizes of the new decoder"
     )
+    parser.add_argument("--static", action="store_true", help="also the old path with a static KV cache")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="seconds: 2 prompts a set, 8 tokens, 1 round")
     args = parser.parse_args()
@@ -91,6 +115,9 @@ def main() -> None:
     variants |= {f"new-batch{b}": ("fast", b) for b in args.new_batch}
     for decoder, batch in variants.values():  # warm-up (first calls allocate and load kernels)
         run(model, tok, data[:2], decoder, batch, 4)
+    if args.static:
+        variants["old-static-cache"] = ("hf-static", args.batch)
+        run(model, tok, data[:2], "hf-static", args.batch, 4)
     load_before = os.getloadavg()
     times: dict[str, list[float]] = {v: [] for v in variants}
     results: dict[str, Any] = {}
@@ -102,7 +129,13 @@ def main() -> None:
             times[name].append(seconds)
             results[name] = result
         reference = [(s["output"], s["correct"]) for s in results["old"].samples]
-        equal &= all([(s["output"], s["correct"]) for s in results[v].samples] == reference for v in variants)
+        equal &= all(
+            [(s["output"], s["correct"]) for s in results[v].samples] == reference
+            for v in variants
+            if v != "old-static-cache"
+        )
+        if args.static:
+            static_equal = results["old-static-cache"] == [s["output"] for s in results["old"].samples]
     samples = results["new"].samples
     useful = sum(s["new_tokens"] + s["stopped"] for s in samples)
     report: dict[str, Any] = {
@@ -118,6 +151,7 @@ def main() -> None:
         "stopped_fraction": sum(s["stopped"] for s in samples) / len(samples),
         "accuracy": results["new"].overall.avg,
         "same_completions_and_verdicts": equal,
+        **({"static_cache_same_completions": static_equal} if args.static else {}),
         "load_average_before_after": [round(x, 2) for x in load_before + os.getloadavg()],
     }
     for name, (decoder, batch) in variants.items():
