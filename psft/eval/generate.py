@@ -165,11 +165,17 @@ def _greedy(
     active = torch.arange(len(ids), device=model.device)  # original row of each batch row
     out: list[list[int]] = [[] for _ in ids]
     stop = torch.tensor(stops, device=model.device)
+    supports = getattr(model, "_supports_logits_to_keep", None)  # as model.generate: the last position only
+    last = {"logits_to_keep": 1} if supports is not None and supports() else {}
     for _ in range(max_new_tokens):
         logits = model(
-            input_ids=input_ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True,
-            logits_to_keep=1,
-        ).logits  # fmt: skip
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position,
+            cache=cache,
+            use_cache=True,
+            **last,
+        ).logits
         tokens = logits[:, -1, :].float().argmax(-1)
         for row, token in zip(active.tolist(), tokens.tolist(), strict=True):
             out[row].append(token)
