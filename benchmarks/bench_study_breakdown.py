@@ -74,6 +74,7 @@ def main() -> None:
     config.training = {**config.training, "max_steps": args.steps}
     run = next(r for r in config.runs() if r["overrides"].get("loss_type") == "psft")
     run["overrides"] = {**run["overrides"], "mini_batches_per_rollout": args.k}
+    run["id"] = run["name"] = f"psft-K{args.k}"  # the preset's name says K=4
     records = _eval_records(config)
     load_before = os.getloadavg()
     start = time.perf_counter()
