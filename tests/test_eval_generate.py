@@ -158,3 +158,62 @@ def test_bad_records_name_the_file_line_and_field(tmp_path):
         load_records(str(tmp_path / "missing.jsonl"))
     with pytest.raises(UserError, match="no records with task 'zzz'"):
         load_records([{"prompt": "a", "answer": "b"}], tasks=["zzz"])
+
+
+@pytest.fixture(scope="module")
+def tiny_base():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from psft.tiny import resolve_model_name
+
+    path = resolve_model_name("psft/tiny-base")
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def suite_rows(tasks: tuple[str, ...], per_task: int) -> list[dict]:
+    from psft.data import builtin_rows
+
+    return [r for t in tasks for r in builtin_rows(f"psft/{t}", "test", "prompt_completion")[:per_task]]
+
+
+def test_fast_greedy_equals_model_generate_on_the_tiny_base_model(tiny_base):
+    """The study's decoding (length-sorted batches, finished rows dropped) gives exactly `model.generate`'s
+    completions and verdicts, in the records' order, on the suite's prompts (rows stop at different steps)."""
+    model, tok = tiny_base
+    rows = suite_rows(("arith", "reverse", "add", "json", "brackets"), 4)
+    kwargs = dict(max_new_tokens=40, checker="math", progress=False)
+    old = evaluate_generation(model, tok, rows, batch_size=256, decoder="hf", **kwargs)
+    for batch_size in (256, 3):
+        new = evaluate_generation(model, tok, rows, batch_size=batch_size, **kwargs)
+        assert [(s["index"], s["prompt"], s["output"], s["correct"]) for s in new.samples] == [
+            (s["index"], s["prompt"], s["output"], s["correct"]) for s in old.samples
+        ]
+        assert new.summary() == old.summary()
+    lengths = {s["new_tokens"] for s in new.samples}
+    assert len(lengths) > 3 and any(s["stopped"] for s in new.samples)  # rows stop at different steps
+    assert old.overall.avg > 0  # some answers right: the verdicts are compared on both outcomes
+
+
+def test_finished_rows_leave_the_batch(memorizer):
+    """Each decoding step runs only the rows that have not stopped: the batch shrinks as answers end."""
+    model, tok = memorizer
+    prompts = [chat(p) for p in ANSWERS]  # answers of 2 to 12 characters, then end of turn
+    sizes: list[int] = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+    try:
+        fast = generate(model, tok, prompts, max_new_tokens=30)
+        steps_fast, sizes[:] = list(sizes), []
+        slow = generate(model, tok, prompts, max_new_tokens=30, decoder="hf")
+    finally:
+        hook.remove()
+    assert fast == slow and [o[0] for o in fast] == list(ANSWERS.values())
+    longest = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in ANSWERS.values())
+    assert len(steps_fast) == longest + 1  # prefill + one step per token up to the last end of turn
+    assert steps_fast[0] == 4 and steps_fast[-1] == 1 and steps_fast == sorted(steps_fast, reverse=True)
+    assert sum(steps_fast) < sum(sizes)  # model.generate computes every row at every step
+
+
+def test_bad_decoder_name_is_refused(random_model):
+    model, tok = random_model
+    with pytest.raises(ValueError, match="decoder must be"):
+        generate(model, tok, ["a"], decoder="static")

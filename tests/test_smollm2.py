@@ -230,3 +230,24 @@ def test_eval_uses_the_chat_template_and_the_math_checker_on_boxed_answers(smoll
     math = get_checker("math")
     assert [s["correct"] for s in samples] == [math(s["output"], s["reference"]).correct for s in samples]
     assert math(rows[0]["completion"], rows[0]["completion"]).correct  # boxed references compare by value
+
+
+def test_fast_greedy_decoding_gives_model_generates_completions(smollm2_dir):
+    """Evaluation's greedy decoding (length-sorted batches, finished rows dropped from the batch and its KV
+    cache) gives exactly `model.generate`'s completions on the real model: 2 prompts of each study set,
+    some answering in a few tokens, others running to the budget."""
+    from psft.data import builtin_rows
+    from psft.eval.generate import evaluate_generation
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    sets = ("word_math", "trivia", "instruct", "add", "json")
+    rows = [r for t in sets for r in builtin_rows(f"psft/{t}", "test", "prompt_completion")[:2]]
+    kwargs = dict(max_new_tokens=24, batch_size=256, checker="math", progress=False)
+    old = evaluate_generation(model, tokenizer, rows, decoder="hf", **kwargs)
+    new = evaluate_generation(model, tokenizer, rows, **kwargs)
+    assert [(s["output"], s["correct"]) for s in new.samples] == [
+        (s["output"], s["correct"]) for s in old.samples
+    ]
+    stopped = [s["stopped"] for s in new.samples]
+    assert any(stopped) and not all(stopped)  # rows left the batch while others went on

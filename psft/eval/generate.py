@@ -2,6 +2,9 @@
 
 Prompts are left-padded (a decoder-only model continues from the last position, so padding must come
 first; the attention mask hides it). Decoding stops at EOS, the end-of-turn token or `max_new_tokens`.
+Greedy decoding is ours (`_greedy`: the inputs `model.generate` builds, but a row leaves the batch and its KV
+cache as soon as it stops, and prompts are batched by length); sampling is `model.generate`'s. On a CPU most
+of a study's evaluation time is this decoding (benchmarks/README.md, "Evaluation").
 With ``n > 1`` (sampling) each prompt gets `n` completions: avg@n is the mean fraction correct, pass@n the
 fraction of prompts with at least one correct completion. Standard errors are over prompts.
 """
@@ -118,42 +121,91 @@ def _progress(total: int, enabled: bool):
 
 def encode_prompt(tokenizer, prompt: str | list[dict[str, Any]]) -> list[int]:
     """Token ids of a prompt: text with the tokenizer's special tokens, or chat messages via the template."""
-    if isinstance(prompt, str):
-        return tokenizer(prompt)["input_ids"]
-    return tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    return _encode_rendered(tokenizer, render_prompt(tokenizer, prompt), isinstance(prompt, str))
+
+
+def _encode_rendered(tokenizer, text: str, plain: bool) -> list[int]:
+    """Token ids of a rendered prompt: a plain text prompt gets the tokenizer's special tokens, a rendered
+    chat template has its own."""
+    return tokenizer(text, add_special_tokens=plain)["input_ids"]
+
+
+def _left_pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of a left-padded batch."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    return input_ids, mask
+
+
+def _cut(rows: list[list[int]], stops: list[int]) -> list[list[int]]:
+    """Each row up to (not including) its first stop token."""
+    stop = set(stops)
+    return [row[: next((i for i, t in enumerate(row) if t in stop), len(row))] for row in rows]
+
+
+@torch.inference_mode()
+def _greedy(
+    model, ids: list[list[int]], stops: list[int], pad_id: int, max_new_tokens: int
+) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch that drops each row from the batch (its KV cache included) as
+    soon as it emits a stop token, so finished rows stop costing compute; the new tokens of each row, cut
+    before its stop token.
+
+    The same inputs as `model.generate` (positions from the attention mask, a dynamic KV cache, logits of
+    the last position only, float32 argmax), so the tokens are the same as `_generate_hf`'s greedy ones;
+    `tests/test_eval_generate.py` and `tests/test_smollm2.py` check it. `model.generate` itself keeps every
+    row in the batch until the last one stops.
+    """
+    from transformers import DynamicCache
+
+    input_ids, mask = _left_pad(ids, pad_id, model.device)
+    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    active = torch.arange(len(ids), device=model.device)  # original row of each batch row
+    out: list[list[int]] = [[] for _ in ids]
+    stop = torch.tensor(stops, device=model.device)
+    supports = getattr(model, "_supports_logits_to_keep", None)  # as model.generate: the last position only
+    last = {"logits_to_keep": 1} if supports is not None and supports() else {}
+    for _ in range(max_new_tokens):
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position,
+            cache=cache,
+            use_cache=True,
+            **last,
+        ).logits
+        tokens = logits[:, -1, :].float().argmax(-1)
+        for row, token in zip(active.tolist(), tokens.tolist(), strict=True):
+            out[row].append(token)
+        done = torch.isin(tokens, stop)
+        if done.all():
+            break
+        if done.any():
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            active, tokens, mask, position = active[keep], tokens[keep], mask[keep], position[keep]
+        input_ids = tokens[:, None]
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+        position = position[:, -1:] + 1
+    return _cut(out, stops)
 
 
 @torch.no_grad()
-def generate(
+def _generate_hf(
     model,
-    tokenizer,
-    prompts: list[str | list[dict[str, Any]]],
-    *,
-    n: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-) -> list[list[str]]:
-    """`n` completions for each prompt (text or chat messages), decoded as one left-padded batch.
-
-    Greedy when temperature == 0, else temperature + top-p sampling; the model's generation_config top_k,
-    min_p and repetition_penalty are not applied, so the decoding is exactly the one given. Completions are
-    cut at the first stop token and decoded without special tokens.
-    """
-    if temperature == 0 and n > 1:
-        raise ValueError("n > 1 needs sampling (temperature > 0); greedy samples would be identical")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = [encode_prompt(tokenizer, p) for p in prompts]
-    width = max(len(x) for x in ids)
-    input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=model.device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
-    stops = stop_token_ids(model, tokenizer)
-    # exactly the decoding asked for: switch off the model's generation_config extras (top_k, penalties)
-    sampling = dict(top_k=None, min_p=None, repetition_penalty=None)
-    if temperature > 0:
-        sampling.update(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        sampling.update(do_sample=False, temperature=None, top_p=None)
+    ids: list[list[int]],
+    stops: list[int],
+    pad_id: int,
+    n: int,
+    sampling: dict[str, Any],
+    max_new_tokens: int,
+) -> list[list[int]]:
+    """`model.generate` on one left-padded batch (`n` sequences per prompt, prompt-major): the new tokens of
+    each sequence, cut before its first stop token. The sampling path, and greedy before the decoding of
+    `_greedy` (kept for the benchmark's comparison and the tests' equality checks)."""
+    input_ids, mask = _left_pad(ids, pad_id, model.device)
     out = model.generate(
         input_ids=input_ids,
         attention_mask=mask,
@@ -163,11 +215,62 @@ def generate(
         pad_token_id=pad_id,
         **sampling,
     )
-    texts = []
-    for row in out[:, width:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-        texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
-    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+    return _cut(out[:, input_ids.shape[1] :].tolist(), stops)
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str | list[dict[str, Any]]],
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    decoder: str = "fast",
+) -> list[list[str]]:
+    """`n` completions for each prompt (text or chat messages), decoded as one left-padded batch.
+
+    Greedy when temperature == 0, else temperature + top-p sampling; the model's generation_config top_k,
+    min_p and repetition_penalty are not applied, so the decoding is exactly the one given. Completions are
+    cut at the first stop token and decoded without special tokens. Greedy decoding drops finished rows from
+    the batch (`_greedy`); ``decoder="hf"`` runs `model.generate` instead (the same tokens, slower when the
+    completions' lengths differ). Sampling always runs `model.generate`.
+    """
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    return [
+        [tokenizer.decode(t, skip_special_tokens=True) for t in row]
+        for row in _decode_ids(model, tokenizer, ids, n, temperature, top_p, max_new_tokens, decoder)
+    ]
+
+
+def _decode_ids(
+    model,
+    tokenizer,
+    ids: list[list[int]],
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    decoder: str,
+) -> list[list[list[int]]]:
+    """The new token ids of `n` completions per prompt (`generate` on token ids)."""
+    if temperature == 0 and n > 1:
+        raise ValueError("n > 1 needs sampling (temperature > 0); greedy samples would be identical")
+    if decoder not in ("fast", "hf"):
+        raise ValueError(f"decoder must be 'fast' or 'hf', got {decoder!r}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(model, tokenizer)
+    if temperature == 0 and decoder == "fast":
+        return [[row] for row in _greedy(model, ids, stops, pad_id, max_new_tokens)]
+    # exactly the decoding asked for: switch off the model's generation_config extras (top_k, penalties)
+    sampling: dict[str, Any] = dict(top_k=None, min_p=None, repetition_penalty=None)
+    if temperature > 0:
+        sampling.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        sampling.update(do_sample=False, temperature=None, top_p=None)
+    rows = _generate_hf(model, ids, stops, pad_id, n, sampling, max_new_tokens)
+    return [rows[i * n : (i + 1) * n] for i in range(len(ids))]
 
 
 def evaluate_generation(
@@ -187,12 +290,17 @@ def evaluate_generation(
     seed: int = 0,
     samples_path: str | Path | None = None,
     progress: bool = True,
+    decoder: str = "fast",
 ) -> GenerationResult:
     """Decode every prompt, check each completion, score per task; write samples to `samples_path` (JSONL).
 
     `data` is a file path, hub name, list of rows or list of `EvalRecord`. `checker` is the default for
     records without a ``checker`` field. `batch_size` counts sequences (prompts x n). The global RNG is
     left as it was (sampling runs in a forked RNG seeded with `seed`), so training is not perturbed.
+    Greedy decoding runs the prompts shortest first (batches of similar length, little padding) and drops
+    each finished row from its batch; ``decoder="hf"`` decodes as before (records in order, `model.generate`),
+    with the same samples. Each sample also records ``new_tokens`` (its completion's length in tokens,
+    before the stop token) and ``stopped`` (False where it ran out of `max_new_tokens`).
     """
     records = data if data and isinstance(data[0], EvalRecord) else load_records(data, split, tasks, limit)
     if not records:
@@ -202,6 +310,17 @@ def evaluate_generation(
     was_training = model.training
     model.eval()
     prompts_per_batch = max(1, batch_size // n)
+    texts = [render_prompt(tokenizer, r.prompt) for r in records]  # rendered and tokenized once
+    ids = [
+        _encode_rendered(tokenizer, text, isinstance(r.prompt, str))
+        for r, text in zip(records, texts, strict=True)
+    ]
+    order = list(range(len(records)))
+    if temperature == 0 and decoder == "fast":
+        # length-bucketed batches: little left padding to compute in the prefill. Greedy tokens do not depend
+        # on the batch; sampling keeps the records' order so that a seed draws the same samples as before
+        order.sort(key=lambda i: len(ids[i]))
+    tokens: list[list[list[int]]] = [[] for _ in records]
     samples: list[dict[str, Any]] = []
     correct: dict[str, list[list[bool]]] = {}
     devices = [model.device] if model.device.type == "cuda" else []
@@ -210,36 +329,34 @@ def evaluate_generation(
             torch.manual_seed(seed)
             job = bar.add_task("eval", total=len(records))
             for start in range(0, len(records), prompts_per_batch):
-                batch = records[start : start + prompts_per_batch]
-                texts = [render_prompt(tokenizer, r.prompt) for r in batch]
-                outs = generate(
-                    model,
-                    tokenizer,
-                    [r.prompt for r in batch],
-                    n=n,
-                    temperature=temperature,
-                    top_p=top_p,
-                    max_new_tokens=max_new_tokens,
+                batch = order[start : start + prompts_per_batch]
+                outs = _decode_ids(
+                    model, tokenizer, [ids[i] for i in batch], n, temperature, top_p, max_new_tokens, decoder
                 )
-                for i, (record, text, completions) in enumerate(zip(batch, texts, outs, strict=True)):
-                    check = get_checker(record.checker or checker)
-                    verdicts = [check(c, record.reference) for c in completions]
-                    correct.setdefault(record.task, []).append([v.correct for v in verdicts])
-                    for j, (c, v) in enumerate(zip(completions, verdicts, strict=True)):
-                        samples.append(
-                            {
-                                "index": start + i,
-                                "sample": j,
-                                "task": record.task,
-                                "prompt": text,
-                                "output": c,
-                                "reference": record.reference,
-                                "extracted": v.extracted,
-                                "correct": v.correct,
-                                "checker": record.checker or checker,
-                            }
-                        )
+                for i, out in zip(batch, outs, strict=True):
+                    tokens[i] = out
                 bar.advance(job, len(batch))
+        for index, (record, text, rows) in enumerate(zip(records, texts, tokens, strict=True)):
+            check = get_checker(record.checker or checker)
+            completions = [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+            verdicts = [check(c, record.reference) for c in completions]
+            correct.setdefault(record.task, []).append([v.correct for v in verdicts])
+            for j, (c, v, row) in enumerate(zip(completions, verdicts, rows, strict=True)):
+                samples.append(
+                    {
+                        "index": index,
+                        "sample": j,
+                        "task": record.task,
+                        "prompt": text,
+                        "output": c,
+                        "reference": record.reference,
+                        "extracted": v.extracted,
+                        "correct": v.correct,
+                        "checker": record.checker or checker,
+                        "new_tokens": len(row),  # decoded tokens before the stop token
+                        "stopped": len(row) < max_new_tokens,  # ended at a stop token, not at the budget
+                    }
+                )
     finally:
         model.train(was_training)
     result = GenerationResult(
