@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from psft._compat import check_versions
 from psft.errors import run_command
 
 # command -> (module with `main(argv)`, one-line help)
@@ -27,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("psft.dpo", "DPO (TRL's DPOTrainer) on preference pairs after fine-tuning; chain SFT->DPO vs PSFT->DPO"),
 }
 
+# commands that train a model: they check the upstream versions first (psft._compat)
+TRAINING_COMMANDS = ("train", "compare", "demo", "rl", "dpo")
+
 
 def _usage() -> str:
     lines = ["usage: psft <command> [args]", "", "commands:"]
@@ -46,7 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"psft: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = COMMANDS[argv[0]][0]
-    return run_command(argv[0], lambda: importlib.import_module(module).main(argv[1:]))
+
+    def command() -> int:
+        if argv[0] in TRAINING_COMMANDS and not {"-h", "--help", "--help-all"} & set(argv[1:]):
+            check_versions()  # one line naming the supported range, before any model or data loads
+        return importlib.import_module(module).main(argv[1:])
+
+    return run_command(argv[0], command)
 
 
 if __name__ == "__main__":

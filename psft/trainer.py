@@ -34,6 +34,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
 
+from psft._compat import check_versions
 from psft.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.errors import UserError
 from psft.logprobs import label_log_probs, policy_forward
@@ -86,6 +87,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, model: Any, args: TrainingArguments | None = None, **kwargs: Any):
+        check_versions()  # an unsupported transformers/TRL/accelerate/torch fails here in one line
         args = _to_psft_config(args, model)
         if isinstance(model, str):  # built-in names (`psft/tiny-base`) load from the package, not the hub
             model = resolve_model_name(model)
