@@ -66,3 +66,17 @@ def check_versions(versions: dict[str, str | None] | None = None) -> None:
             "; ".join(problems)
             + f" (pip install 'psft' resolves a supported set; {ALLOW_ENV}=1 tries this one anyway)"
         )
+
+
+# transformers 5.25 turns Hugging Face Hub kernels on by default when the `kernels` package is installed (which
+# transformers 5.25 requires): every model is "kernelized" at load, with inference-mode kernels under eval() and
+# training-mode kernels under train(). On a CUDA device that means (1) a download from the hub at load, which
+# fails offline, and (2) PSFT's old-policy pass (eval mode, no grad) and its training step (train mode) running
+# different kernels, so an unchanged model's ratio is no longer exactly 1 and the trust region clips noise.
+# On a CPU no kernel is mapped (no effect). psft keeps transformers' own layers unless the user opts in.
+HUB_KERNELS_ENV = "USE_HUB_KERNELS"
+
+
+def keep_hub_kernels_off() -> None:
+    """Default `USE_HUB_KERNELS=NO` for the models this process loads; an explicit user setting wins."""
+    os.environ.setdefault(HUB_KERNELS_ENV, "NO")

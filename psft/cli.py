@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from psft._compat import check_versions
+from psft._compat import check_versions, keep_hub_kernels_off
 from psft.errors import run_command
 
 # command -> (module with `main(argv)`, one-line help)
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     module = COMMANDS[argv[0]][0]
 
     def command() -> int:
+        keep_hub_kernels_off()  # transformers 5.25+: exact old-policy log-probs, and no hub download offline
         if argv[0] in TRAINING_COMMANDS and not {"-h", "--help", "--help-all"} & set(argv[1:]):
             check_versions()  # one line naming the supported range, before any model or data loads
         return importlib.import_module(module).main(argv[1:])

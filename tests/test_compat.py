@@ -106,3 +106,26 @@ def test_the_install_line_brings_what_convert_needs():
     tomllib = pytest.importorskip("tomllib")
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(re.match(r"gguf\b", d) for d in deps)
+
+
+def test_hub_kernels_stay_off_unless_the_user_asks(monkeypatch):
+    monkeypatch.delenv(_compat.HUB_KERNELS_ENV, raising=False)
+    _compat.keep_hub_kernels_off()
+    import os
+
+    assert os.environ[_compat.HUB_KERNELS_ENV] == "NO"
+    monkeypatch.setenv(_compat.HUB_KERNELS_ENV, "YES")
+    _compat.keep_hub_kernels_off()
+    assert os.environ[_compat.HUB_KERNELS_ENV] == "YES"
+
+
+def test_trainer_model_is_not_kernelized(monkeypatch, tmp_path):
+    """transformers 5.25 with `kernels` installed kernelizes every loaded model by default (train/eval switch
+    kernels): the model PSFTTrainer trains must keep transformers' own layers (found on the latest set)."""
+    from psft import PSFTConfig, PSFTTrainer
+    from psft.data import load_sft_dataset
+
+    monkeypatch.delenv(_compat.HUB_KERNELS_ENV, raising=False)
+    args = PSFTConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", activation_checkpointing=False)
+    trainer = PSFTTrainer(model="psft/tiny-base", args=args, train_dataset=load_sft_dataset("psft/arith"))
+    assert getattr(trainer.model, "use_kernels", False) is False
