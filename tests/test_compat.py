@@ -23,8 +23,14 @@ def test_in_range_versions_pass_and_local_tags_count_as_their_version():
 
 @pytest.mark.parametrize(
     "name, found",
-    [("transformers", "5.26.0"), ("transformers", "5.23.1"), ("trl", "1.17.0"), ("torch", "2.16.0.dev20261201"),
-     ("torch", "2.12.1"), ("accelerate", "2.0.0")],
+    [
+        ("transformers", "5.26.0"),
+        ("transformers", "5.23.1"),
+        ("trl", "1.17.0"),
+        ("torch", "2.16.0.dev20261201"),
+        ("torch", "2.12.1"),
+        ("accelerate", "2.0.0"),
+    ],
 )
 def test_out_of_range_names_the_range_and_the_installed_version(name, found):
     problems = _compat.unsupported({**SUPPORTED_SET, name: found})
@@ -33,7 +39,9 @@ def test_out_of_range_names_the_range_and_the_installed_version(name, found):
 
 def test_missing_package_is_named():
     versions = {k: v for k, v in SUPPORTED_SET.items() if k != "trl"}
-    assert _compat.unsupported(versions) == [f"trl is not installed; psft supports trl{_compat.SUPPORTED['trl']}"]
+    assert _compat.unsupported(versions) == [
+        f"trl is not installed; psft supports trl{_compat.SUPPORTED['trl']}"
+    ]
 
 
 def test_check_is_one_line_user_error_and_can_be_overridden(monkeypatch):
@@ -93,7 +101,9 @@ def test_convert_names_the_missing_gguf_package_in_one_line(monkeypatch, capsys,
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+    )
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     assert cli.main(["convert", str(tmp_path / "model.gguf"), str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == (

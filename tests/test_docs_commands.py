@@ -68,7 +68,10 @@ def test_no_placeholder_in_a_command():
 
 
 def test_quick_forms():
-    assert quick("psft train --config examples/psft-tiny.yaml") == "psft train --config examples/psft-tiny.yaml --max_steps 2"
+    assert (
+        quick("psft train --config examples/psft-tiny.yaml")
+        == "psft train --config examples/psft-tiny.yaml --max_steps 2"
+    )
     assert quick("psft eval --model m --data d") == "psft eval --model m --data d --limit 4"
     assert quick("psft compare --config c.yaml --jobs 2") == "psft compare --config c.yaml --jobs 2 --quick"
     assert quick("psft compare --report r") == "psft compare --report r"
@@ -78,7 +81,7 @@ def test_quick_forms():
 def scratch(tmp_path_factory):
     """One directory for every block, so that a page's later commands find what its earlier ones wrote."""
     directory = tmp_path_factory.mktemp("docs-commands")
-    for name in ("examples",):
+    for name in ("examples", "docs"):
         (directory / name).symlink_to(ROOT / name)
     return directory
 
