@@ -1,7 +1,7 @@
 """Every shell command in the README and the docs pages runs (issue 27): each ```bash block is either marked
 `<!-- skip: REASON -->` on the line before it (network, GPUs, minutes to hours) or is run here, in order, in one
-scratch directory, with the short forms the docs name (`--max_steps 2` for training, `--limit 4` for
-evaluation, `--quick` for compare/demo)."""
+scratch directory, with the short forms the docs name (`--max_steps 2` for training, `--limit 4
+--max-new-tokens 32` for evaluation, `--quick` for compare/demo)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ FENCE = re.compile(r"(?:<!-- skip: (?P<reason>[^>]*?) -->\n)?```bash\n(?P<body>.
 # the short form of each long command: training steps, evaluated records, the smoke runs
 QUICK = [
     (re.compile(r"^psft (train|rl|dpo)\b"), " --max_steps 2"),
-    (re.compile(r"^psft eval\b"), " --limit 4"),
+    (re.compile(r"^psft eval\b"), " --limit 4 --max-new-tokens 32"),
     (re.compile(r"^psft (demo|compare --config)\b"), " --quick"),
 ]
 
@@ -72,7 +72,7 @@ def test_quick_forms():
         quick("psft train --config examples/psft-tiny.yaml")
         == "psft train --config examples/psft-tiny.yaml --max_steps 2"
     )
-    assert quick("psft eval --model m --data d") == "psft eval --model m --data d --limit 4"
+    assert quick("psft eval --model m --data d") == "psft eval --model m --data d --limit 4 --max-new-tokens 32"
     assert quick("psft compare --config c.yaml --jobs 2") == "psft compare --config c.yaml --jobs 2 --quick"
     assert quick("psft compare --report r") == "psft compare --report r"
 
