@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from psft import __version__
+from psft._compat import check_versions, keep_hub_kernels_off
 from psft.errors import run_command
 
 # command -> (module with `main(argv)`, one-line help)
@@ -39,6 +40,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "DPO (TRL's DPOTrainer) on preference pairs after fine-tuning; chain SFT->DPO vs PSFT->DPO",
     ),
 }
+
+# commands that train a model: they check the upstream versions first (psft._compat)
+TRAINING_COMMANDS = ("train", "compare", "demo", "rl", "dpo")
 
 
 def _usage() -> str:
@@ -82,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         print(text, end="")
         return 0
     module = COMMANDS[argv[0]][0]
-    return run_command(argv[0], lambda: importlib.import_module(module).main(argv[1:]))
+
+    def command() -> int:
+        keep_hub_kernels_off()  # transformers 5.25+: exact old-policy log-probs, and no hub download offline
+        if argv[0] in TRAINING_COMMANDS and not {"-h", "--help", "--help-all"} & set(argv[1:]):
+            check_versions()  # one line naming the supported range, before any model or data loads
+        return importlib.import_module(module).main(argv[1:])
+
+    return run_command(argv[0], command)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ saves the weights at the chosen float dtype with the tokenizer (and its chat tem
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import zipfile
 from pathlib import Path
@@ -58,6 +59,9 @@ def load_for_conversion(source: str, gguf_file: str | None = None, dtype: str = 
     else:
         directory = source
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if gguf_file and importlib.util.find_spec("gguf") is None:
+        # transformers would say "install torch" and name a temporary path: say what is missing instead
+        raise UserError("reading a GGUF file needs the gguf package: pip install 'gguf>=0.10'")
     try:
         model, tokenizer = load_model_and_tokenizer(directory, dtype, **kwargs)
     except (OSError, ValueError, ImportError) as err:

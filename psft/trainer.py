@@ -37,6 +37,7 @@ from trl import SFTTrainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import disable_dropout_in_model
 
+from psft._compat import check_versions, keep_hub_kernels_off
 from psft.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.errors import UserError
 from psft.logprobs import ensure_fused_head, label_log_probs, policy_forward
@@ -92,6 +93,8 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, model: Any, args: TrainingArguments | None = None, **kwargs: Any):
+        check_versions()  # an unsupported transformers/TRL/accelerate/torch fails here in one line
+        keep_hub_kernels_off()  # transformers 5.25+ would kernelize the model it loads (psft._compat)
         args = _to_psft_config(args, model)
         if isinstance(model, str):  # built-in names (`psft/tiny-base`) load from the package, not the hub
             model = resolve_model_name(model)
