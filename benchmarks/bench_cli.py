@@ -29,7 +29,7 @@ COMMANDS = {
 }
 
 # run by the cold measurement: psft.cli.main with no shipped spec to read (the user cache is an empty folder)
-COLD = "import sys, psft.cli_help as h, pathlib; h.SHIPPED = pathlib.Path('/nonexistent'); import psft.cli; sys.exit(psft.cli.main(sys.argv[1:]))"
+COLD = "import sys, psft.cli.help as h, pathlib; h.SHIPPED = pathlib.Path('/nonexistent'); import psft.cli; sys.exit(psft.cli.main(sys.argv[1:]))"
 
 
 def wall_time(argv: list[str], env: dict[str, str]) -> float:
@@ -65,7 +65,7 @@ def main() -> None:
             cold_env["XDG_CACHE_HOME"] = os.path.join(cache, f"cold-{i}")
             times.append(wall_time(cold, cold_env))
         report["train_help_cold"] = round(statistics.median(times[1:]), 3)
-    from psft.cli_help import SHIPPED, _load, is_fresh
+    from psft.cli.help import SHIPPED, _load, is_fresh
 
     report["shipped_spec_fresh"] = bool((spec := _load(SHIPPED / "train.json")) and is_fresh(spec))
     report["cold_over_fast"] = round(report["train_help_cold"] / report["train_help"], 2)

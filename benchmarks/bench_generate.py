@@ -28,12 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import SMOLLM2_ENV, make_model, median, setup_malloc, spread  # noqa: E402
 
-from psft.data import builtin_rows  # noqa: E402
+from psft.data.sft import builtin_rows  # noqa: E402
+from psft.data.tiny import resolve_model_name  # noqa: E402
 from psft.eval.generate import evaluate_generation  # noqa: E402
-from psft.tiny import resolve_model_name  # noqa: E402
 
-# the evaluation sets of the studies: `psft demo` on the tiny model (psft.compare), and the instruct-model
-# defaults on SmolLM2 (psft.compare.INSTRUCT_DEFAULTS); max_new_tokens as there
+# the evaluation sets of the studies: `psft demo` on the tiny model (psft.experiments.plan), and the instruct-model
+# defaults on SmolLM2 (psft.experiments.plan.INSTRUCT_DEFAULTS); max_new_tokens as there
 SETS = {
     "tiny": (["arith", "reverse", "upper", "add", "length", "json", "brackets"], 40),
     "smollm2": (["word_math", "trivia", "instruct", "add", "json"], 64),

@@ -1,4 +1,4 @@
-"""Where a study run's time goes on SmolLM2-135M-Instruct: one `psft compare` run (`psft.compare.run_method`,
+"""Where a study run's time goes on SmolLM2-135M-Instruct: one `psft compare` run (`psft.experiments.plan.run_method`,
 the instruct-model defaults: word problems in-domain; trivia, instruct, add, json out-of-domain; greedy, 64
 new tokens) with periodic evaluation, timed by part. Prints one JSON object.
 
@@ -8,7 +8,7 @@ Parts: the old-policy pass (`PSFTTrainer._old_log_probs`), the training steps (t
 evaluation), and per evaluation the generation (`evaluate_generation`: decoding and answer checking), the
 drift scoring (`measure_drift`) and, once, the base model's drift statistics (`compute_reference_stats`).
 The study's `entropy` is the training forward's (logged for free); the evaluation-set token entropy of
-`psft.eval.entropy` (what `psft.stage` adds per evaluation) is timed once on the final model, and so is one
+`psft.eval.entropy` (what `psft.stages.chain` adds per evaluation) is timed once on the final model, and so is one
 generation with the decoding before this change (`decoder="hf"`), for the before/after of the split.
 """
 
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import SMOLLM2_ENV, setup_malloc  # noqa: E402
 
 import psft.eval.callback as callback  # noqa: E402
-from psft.compare import CompareConfig, _eval_records, run_method  # noqa: E402
-from psft.trainer import PSFTTrainer  # noqa: E402
+from psft.core.trainer import PSFTTrainer  # noqa: E402
+from psft.experiments.plan import CompareConfig, _eval_records, run_method  # noqa: E402
 
 TIMES: dict[str, list[float]] = defaultdict(list)
 
@@ -85,7 +85,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from psft.eval.entropy import mean_token_entropy
-    from psft.stage import _demonstration
+    from psft.stages.chain import _demonstration
 
     tok = AutoTokenizer.from_pretrained(model)
     policy = AutoModelForCausalLM.from_pretrained(model).eval()

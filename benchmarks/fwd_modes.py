@@ -1,7 +1,7 @@
 """Ways to compute the old policy's per-token log-probs of one micro-batch, and the plain forward they are held to.
 
 `bench_psft.py` times each one relative to `trainer`, the trainer's own pass (`PSFTTrainer._log_probs`: the
-training forward with TRL's fused LM head, no gradient, eval mode; `psft.logprobs`). `plain_forward` is the physical
+training forward with TRL's fused LM head, no gradient, eval mode; `psft.core.logprobs`). `plain_forward` is the physical
 floor: the same model's ordinary no-grad forward on the same micro-batch, logits and all, with nothing of ours.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from psft.logprobs import policy_forward
+from psft.core.logprobs import policy_forward
 
 
 def trainer_pass(trainer: Any, mb: dict[str, Any]) -> Tensor:

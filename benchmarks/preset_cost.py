@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from psft.compare import CompareConfig, _eval_records, full_preset, run_method
-from psft.threads import configure_threads
+from psft.core.threads import configure_threads
+from psft.experiments.plan import CompareConfig, _eval_records, full_preset, run_method
 
 
 def main() -> None:

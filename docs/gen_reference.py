@@ -82,8 +82,8 @@ def fields_table(cls: type, own_only: bool = False) -> str:
 
 
 def losses_table() -> str:
-    from psft.config import LOSS_ALIASES
-    from psft.losses import LOSSES
+    from psft.core.config import LOSS_ALIASES
+    from psft.core.losses import LOSSES
 
     aliases: dict[str, list[str]] = {}
     for alias, name in LOSS_ALIASES.items():
@@ -101,10 +101,10 @@ def losses_table() -> str:
 
 
 def config_reference() -> str:
-    from psft.compare import CompareConfig
-    from psft.config import PSFTConfig
-    from psft.dpo import DPOArguments
-    from psft.rl import RLArguments, RLConfig
+    from psft.experiments.plan import CompareConfig
+    from psft.core.config import PSFTConfig
+    from psft.stages.dpo import DPOArguments
+    from psft.stages.rl import RLArguments, RLConfig
 
     return "\n".join([
         "# Configuration reference",
@@ -114,7 +114,7 @@ def config_reference() -> str:
         "",
         "## Objectives (`loss_type`)",
         "",
-        "Every registered objective (`psft.losses.LOSSES`); `register_loss` adds your own.",
+        "Every registered objective (`psft.core.losses.LOSSES`); `register_loss` adds your own.",
         "",
         losses_table(),
         "",

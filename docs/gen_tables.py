@@ -14,13 +14,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- /generated -->)", re.S)
-# (metric key, column title, scale) of psft.report.COLUMNS that the quoted tables show
+# (metric key, column title, scale) of psft.experiments.report.COLUMNS that the quoted tables show
 SHOWN = ("in_domain", "out_of_domain", "nll", "drift_kl", "entropy", "clip_high")
 
 
 def results_table(report_path: str) -> str:
     """The final-metrics table of a `psft compare` report.json: mean [95% interval] over seeds per setting."""
-    from psft.report import COLUMNS, format_estimate
+    from psft.experiments.report import COLUMNS, format_estimate
 
     report = json.loads((ROOT / report_path).read_text())
     columns = [c for c in COLUMNS if c[0] in SHOWN]

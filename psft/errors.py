@@ -1,6 +1,6 @@
 """User-facing errors: the CLI prints them as one line, without a traceback (`PSFT_DEBUG=1` shows it).
 
-`run_command` is the one place that turns an exception into what the user sees; the parsers of `psft.args` raise
+`run_command` is the one place that turns an exception into what the user sees; the parsers of `psft.cli.args` raise
 `UserError` for their mistakes, so no argparse usage dump or `SystemExit(2)` reaches the user.
 """
 
@@ -41,7 +41,7 @@ def first_line(err: BaseException) -> str:
 def run_command(name: str, command: Callable[[], int | None]) -> int:
     """Run one `psft` command, the one place that turns exceptions into what the user sees:
 
-    - `UserError` (bad input: a parser's mistake via `psft.args`, a config, a data file): `psft NAME: error: ...`
+    - `UserError` (bad input: a parser's mistake via `psft.cli.args`, a config, a data file): `psft NAME: error: ...`
       on one line of stderr, exit code 2;
     - Ctrl-C: one line (what was saved), exit code 130;
     - `OSError` (disk full, permissions, a model the disk or the hub does not have): its first line, exit code 1;

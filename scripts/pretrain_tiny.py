@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 from psft.eval.checkers import get_checker
 from psft.eval.generate import generate as decode
 from psft.tasks import GENERAL_TASKS, TASKS, generate, split_of
-from psft.tiny import make_char_tokenizer, make_tiny_llama
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "psft" / "assets" / "tiny-base"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from psft.tiny import make_char_tokenizer, make_tiny_llama
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +39,6 @@ def smollm2_dir(tmp_path_factory):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(reason)
         pytest.skip(reason)
-    from psft.convert import convert
+    from psft.data.convert import convert
 
     return convert(str(wheels[-1]), str(tmp_path_factory.mktemp("smollm2")))

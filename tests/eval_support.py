@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from psft.tiny import make_char_tokenizer, make_tiny_llama
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 
 # prompt -> the answer the memoriser gives (greedy)
 ANSWERS = {"abc": "cba", "hello": "olleh", "xy": "yx", "1/2?": "\\boxed{0.5}"}

@@ -22,8 +22,8 @@ from trainer_support import TOKENIZER, common_args, prompt_completion_data  # no
 from transformers import TrainerCallback  # noqa: E402
 
 from psft import PSFTConfig, PSFTTrainer  # noqa: E402
-from psft.run_state import Preempted  # noqa: E402
-from psft.tiny import make_tiny_llama  # noqa: E402
+from psft.core.run_state import Preempted  # noqa: E402
+from psft.data.tiny import make_tiny_llama  # noqa: E402
 
 
 class KilledWhileSaving(PSFTTrainer):

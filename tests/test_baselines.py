@@ -17,10 +17,10 @@ from trainer_support import (
 )
 
 from psft import PSFTConfig
+from psft.core.losses import asft_label_kl_loss, dft_loss, sft_kl_loss, sft_loss
+from psft.core.reference import ReferenceTable
+from psft.data.tiny import make_tiny_llama
 from psft.errors import UserError
-from psft.losses import asft_label_kl_loss, dft_loss, sft_kl_loss, sft_loss
-from psft.reference import ReferenceTable
-from psft.tiny import make_tiny_llama
 
 
 def _leaf(values):

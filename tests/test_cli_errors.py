@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from psft.checkpoint import checkpoint_problem, write_manifest
 from psft.cli import main
-from psft.trainer import PSFTTrainer
+from psft.core.checkpoint import checkpoint_problem, write_manifest
+from psft.core.trainer import PSFTTrainer
 
 ROWS = [{"prompt": f"{i}+1=", "completion": str(i + 1)} for i in range(12)]
 
@@ -223,13 +223,13 @@ DATA_ERRORS = {".json holding one object", ".json holding a string", "jsonl with
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_user_mistake_is_one_line_and_nothing_trains(case, tmp_path, tiny_model_dir, capfd, monkeypatch):
-    import psft.train
+    import psft.cli.train
 
     make_argv, expected = CASES[case]
     argv = make_argv(tmp_path, tiny_model_dir)
     loaded = []
-    load = psft.train.load_datasets
-    monkeypatch.setattr(psft.train, "load_datasets", lambda *a: loaded.append(1) or load(*a))
+    load = psft.cli.train.load_datasets
+    monkeypatch.setattr(psft.cli.train, "load_datasets", lambda *a: loaded.append(1) or load(*a))
     capfd.readouterr()
     assert main(argv) == 2
     assert bool(loaded) == (case in DATA_ERRORS)  # everything else is found before any data loads
@@ -463,12 +463,12 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_code_130(capfd):
 
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capfd, monkeypatch):
     """Not the user's doing: the traceback stays, then one line asking to report it; exit code 1."""
-    import psft.compare
+    import psft.experiments.plan
 
     def broken(argv):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(psft.compare, "main", broken)
+    monkeypatch.setattr(psft.experiments.plan, "main", broken)
     capfd.readouterr()
     assert main(["compare", "--config", "x.yaml"]) == 1
     err = capfd.readouterr().err
@@ -485,7 +485,7 @@ def test_no_parser_patches_argparse():
     """One stack: psft's parsers subclass argparse; argparse itself is left as it is."""
     import argparse
 
-    from psft.args import ArgumentParser
+    from psft.cli.args import ArgumentParser
     from psft.errors import UserError
 
     original = argparse.ArgumentParser.error
@@ -501,9 +501,9 @@ def test_no_parser_patches_argparse():
 def test_model_parallelism_is_refused_in_one_line(size, tmp_path, tiny_model_dir, capfd, monkeypatch):
     """`accelerate launch --parallelism_config_{tp,cp,sp}_size 2` (the environment accelerate reads): refused
     before anything loads."""
-    import psft.train
+    import psft.cli.train
 
-    monkeypatch.setattr(psft.train, "load_datasets", lambda *a: pytest.fail("data loaded"))
+    monkeypatch.setattr(psft.cli.train, "load_datasets", lambda *a: pytest.fail("data loaded"))
     monkeypatch.setenv("ACCELERATE_USE_PARALLELISM_CONFIG", "true")
     monkeypatch.setenv("PARALLELISM_CONFIG_DP_SHARD_SIZE", "2")  # data parallelism: not what is refused
     monkeypatch.setenv(f"PARALLELISM_CONFIG_{size}_SIZE", "2")
@@ -516,9 +516,9 @@ def test_model_parallelism_is_refused_in_one_line(size, tmp_path, tiny_model_dir
 def test_a_parallelism_config_object_with_context_parallelism_is_refused():
     from accelerate.parallelism_config import ParallelismConfig
 
-    from psft.config import PSFTConfig
+    from psft.core.config import PSFTConfig
+    from psft.core.trainer import check_honoured_options
     from psft.errors import UserError
-    from psft.trainer import check_honoured_options
 
     args = PSFTConfig(output_dir="unused", use_cpu=True, report_to="none")
     check_honoured_options(args)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import psft
-from psft import cli_help
-from psft.cli_help import SPEC_COMMANDS, cached_help, help_spec, own_fields, render
+from psft.cli import help as cli_help
+from psft.cli.help import SPEC_COMMANDS, cached_help, help_spec, own_fields, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_train_help_from_a_fresh_cached_spec_imports_neither_torch_nor_trl(tmp_p
     spec, _, _ = spec_of("train")
     cli_help._save(tmp_path / "psft" / "help" / "train.json", spec)
     code = (
-        "import sys, pathlib, psft.cli_help as h; h.SHIPPED = pathlib.Path('/nonexistent'); import psft.cli; "
+        "import sys, pathlib, psft.cli.help as h; h.SHIPPED = pathlib.Path('/nonexistent'); import psft.cli; "
         "psft.cli.main(['train', '--help']); print('torch' in sys.modules, 'trl' in sys.modules)"
     )
     out = run_python(code, XDG_CACHE_HOME=str(tmp_path), COLUMNS="100")
@@ -89,7 +89,7 @@ def test_a_stale_spec_is_not_used(tmp_path, monkeypatch):
     assert cached_help("train", ["--config", "x.yaml", "--help"]) == render(spec, full=False)
     assert cached_help("train", ["--config", "x.yaml"]) is None  # no help asked for
     for key, value in (("versions", {**spec["fingerprint"]["versions"], "trl": "0.0.1"}),
-                       ("sources", {**spec["fingerprint"]["sources"], "psft.config.PSFTConfig": "0" * 40})):  # fmt: skip
+                       ("sources", {**spec["fingerprint"]["sources"], "psft.core.config.PSFTConfig": "0" * 40})):  # fmt: skip
         stale = {**spec, "fingerprint": {**spec["fingerprint"], key: value}}
         cli_help._save(path, stale)
         assert cached_help("train", ["--help"]) is None, key
@@ -97,16 +97,16 @@ def test_a_stale_spec_is_not_used(tmp_path, monkeypatch):
 
 def test_shipped_specs_are_fresh():
     """The specs in psft/assets/help describe this psft and the TRL/transformers it is pinned to; after changing
-    an option, a psft dataclass or psft/cli_help.py, refresh them with `python -m psft.cli_help`."""
+    an option, a psft dataclass or psft/cli/help.py, refresh them with `python -m psft.cli.help`."""
     for command in SPEC_COMMANDS:
         shipped = json.loads((cli_help.SHIPPED / f"{command}.json").read_text())
         live = spec_of(command)[0]
         if shipped["fingerprint"]["versions"] != live["fingerprint"]["versions"]:
             pytest.skip(f"shipped specs are for {shipped['fingerprint']['versions']}")
-        assert cli_help.is_fresh(shipped), f"{command}: stale; run python -m psft.cli_help"
+        assert cli_help.is_fresh(shipped), f"{command}: stale; run python -m psft.cli.help"
         assert {k: v for k, v in shipped.items() if k != "fingerprint"} == {
             k: v for k, v in live.items() if k != "fingerprint"
-        }, f"{command}: stale; run python -m psft.cli_help"
+        }, f"{command}: stale; run python -m psft.cli.help"
 
 
 def test_eval_help_imports_no_torch():

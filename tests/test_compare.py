@@ -8,12 +8,12 @@ import warnings
 import pytest
 import yaml
 
-import psft.compare as compare_module
-from psft.analysis import estimate, frontier_at, seed_frontier, summarize, t_quantile
+import psft.experiments.plan as compare_module
 from psft.cli import main
-from psft.compare import CompareConfig, compare, load_report, print_table
 from psft.errors import UserError
-from psft.report import format_estimate
+from psft.experiments.analysis import estimate, frontier_at, seed_frontier, summarize, t_quantile
+from psft.experiments.plan import CompareConfig, compare, load_report, print_table
+from psft.experiments.report import format_estimate
 
 
 def test_config_from_yaml_rejects_unknown_fields_and_the_old_seed_field(tmp_path):
@@ -214,8 +214,8 @@ def test_summary_pairs_equal_settings_and_tests_entropy_at_equal_step(capsys):
 
 
 def test_research_preset_grids_seeds_prompts_and_log_spaced_evaluations():
-    from psft.compare import eval_schedule, full_preset
     from psft.eval.callback import log_steps
+    from psft.experiments.plan import eval_schedule, full_preset
 
     config = full_preset()
     runs = config.runs()

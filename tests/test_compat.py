@@ -133,7 +133,7 @@ def test_trainer_model_is_not_kernelized(monkeypatch, tmp_path):
     """transformers 5.25 with `kernels` installed kernelizes every loaded model by default (train/eval switch
     kernels): the model PSFTTrainer trains must keep transformers' own layers (found on the latest set)."""
     from psft import PSFTConfig, PSFTTrainer
-    from psft.data import load_sft_dataset
+    from psft.data.sft import load_sft_dataset
 
     monkeypatch.delenv(_compat.HUB_KERNELS_ENV, raising=False)
     args = PSFTConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", activation_checkpointing=False)

@@ -191,7 +191,7 @@ def test_sigterm_inside_a_rollout_checkpoints_stops_and_resumes_exactly(tmp_path
 def accelerate_launch(tmp_path: Path, config: str, *overrides: str, fsdp_shim: bool = True):
     """`accelerate launch --config_file examples/accelerate/CONFIG.yaml -m psft.cli train` on 2 CPU processes: the
     shipped config with CPU overrides on the command line, as a user would launch it."""
-    from psft.tiny import make_char_tokenizer, make_tiny_llama
+    from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 
     if not (tmp_path / "model").is_dir():
         tokenizer = make_char_tokenizer()

@@ -12,7 +12,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from psft.cli import main
-from psft.dpo import (
+from psft.data.validate import write_jsonl
+from psft.errors import UserError
+from psft.eval.checkers import get_checker
+from psft.stages.chain import format_report
+from psft.stages.dpo import (
     load_preference_dataset,
     pair_log_probs,
     preference_metrics,
@@ -20,10 +24,6 @@ from psft.dpo import (
     run_dpo_stage,
     tokenize_pair,
 )
-from psft.errors import UserError
-from psft.eval.checkers import get_checker
-from psft.records import write_jsonl
-from psft.stage import format_report
 from psft.tasks import PREFERENCE_TASKS, generate
 from psft.tasks.preference import WRAPPERS, unwrap
 
@@ -282,7 +282,7 @@ def test_cli_runs_dpo_from_a_yaml(tmp_path, tiny_model_dir):
 
 
 def test_example_config_parses():
-    from psft.dpo import load_dpo_config
+    from psft.stages.dpo import load_dpo_config
 
     dpo_args_, config = load_dpo_config("examples/dpo-tiny.yaml", "unused")
     assert dpo_args_.dataset_name == "psft/pref" and dpo_args_.base_model == "psft/tiny-base"
@@ -317,7 +317,7 @@ def test_plain_pairs_on_a_bpe_tokenizer_whose_tokens_merge_across_the_prompt_bou
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from psft.tiny import make_tiny_llama
+    from psft.data.tiny import make_tiny_llama
 
     rows = pairs_rows(12, plain=True)
     for r in rows:
@@ -369,7 +369,7 @@ def test_cli_trains_a_lora_adapter_with_dpo(tmp_path, tiny_model_dir):
 
 
 def test_probe_without_a_base_is_reference_free_and_after_dpo_also_measures_against_the_start(tiny_model_dir):
-    from psft.dpo import PreferenceProbe
+    from psft.stages.dpo import PreferenceProbe
 
     rows = pairs_rows(6)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

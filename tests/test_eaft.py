@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from trainer_support import TOKENIZER, make_trainer
 
-from psft.losses import LOSSES, eaft_loss, label_log_probs_from_logits, sft_loss
+from psft.core.losses import LOSSES, eaft_loss, label_log_probs_from_logits, sft_loss
 
 
 def _llamafactory_eaft(logits, labels, alpha):

@@ -10,7 +10,7 @@ from trainer_support import TOKENIZER, common_args, prompt_completion_data
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from psft import PSFTConfig, PSFTTrainer
-from psft.tiny import make_tiny_llama
+from psft.data.tiny import make_tiny_llama
 
 
 def softcapped_gemma2():

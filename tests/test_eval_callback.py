@@ -9,8 +9,8 @@ from eval_support import ANSWERS, chat
 from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 from psft.eval import EvalCallback
-from psft.tiny import make_char_tokenizer, make_tiny_llama
 
 EVAL_ROWS = [{"prompt": chat(p), "answer": a, "task": "mem"} for p, a in ANSWERS.items()]
 DRIFT_TEXTS = ["some held-out text", "and another line of it"]

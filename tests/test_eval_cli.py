@@ -9,7 +9,7 @@ import torch
 from eval_support import chat, train_memorizer
 
 from psft.cli import main as psft_main
-from psft.tiny import make_tiny_llama
+from psft.data.tiny import make_tiny_llama
 
 ROWS = [
     {"prompt": chat("abc"), "answer": "cba", "task": "rev"},

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 from psft.errors import UserError
 from psft.eval.drift import compute_reference_stats, measure_drift
-from psft.tiny import make_char_tokenizer, make_tiny_llama
 
 TEXTS = [
     "the quick brown fox",

@@ -10,11 +10,11 @@ import pytest
 import torch
 from eval_support import ANSWERS, chat, train_memorizer
 
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.eval.generate import encode_prompt, evaluate_generation, generate, pass_at_k, score
 from psft.eval.records import load_records
-from psft.tiny import make_char_tokenizer, make_tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +164,14 @@ def test_bad_records_name_the_file_line_and_field(tmp_path):
 def tiny_base():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from psft.tiny import resolve_model_name
+    from psft.data.tiny import resolve_model_name
 
     path = resolve_model_name("psft/tiny-base")
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
 def suite_rows(tasks: tuple[str, ...], per_task: int) -> list[dict]:
-    from psft.data import builtin_rows
+    from psft.data.sft import builtin_rows
 
     return [r for t in tasks for r in builtin_rows(f"psft/{t}", "test", "prompt_completion")[:per_task]]
 

@@ -16,9 +16,9 @@ from transformers import (
     GraniteForCausalLM,
 )
 
+from psft.data.tiny import make_char_tokenizer
 from psft.eval.drift import compute_reference_stats, measure_drift
 from psft.eval.entropy import mean_token_entropy
-from psft.tiny import make_char_tokenizer
 
 TEXTS = ["the quick brown fox", "jumps over the lazy dog!", "PSFT keeps the model near its base."]
 PAIRS = [("1+1=", "2"), ("reverse abc", "cba"), ("hello", "a longer completion")]
@@ -72,7 +72,7 @@ def full_logits_kl(base, tuned, tok) -> float:
 
 
 def test_exact_drift_equals_the_models_own_logits(pair, tmp_path, monkeypatch):
-    from psft import logprobs
+    from psft.core import logprobs
 
     base, tuned, tok = pair
     stats = compute_reference_stats(base, tok, TEXTS, tmp_path / "s.safetensors", top_k=10_000, chunk_size=5)
@@ -85,7 +85,7 @@ def test_exact_drift_equals_the_models_own_logits(pair, tmp_path, monkeypatch):
 
 def test_entropy_equals_the_models_own_logits(pair, monkeypatch):
     base, _, tok = pair
-    from psft import logprobs
+    from psft.core import logprobs
     from psft.eval.generate import encode_prompt
 
     expected, count = 0.0, 0

@@ -10,8 +10,7 @@ from peft import LoraConfig
 from trainer_support import TOKENIZER, common_args, make_trainer, prompt_completion_data
 
 from psft import PSFTConfig, PSFTTrainer
-from psft.errors import UserError
-from psft.losses import (
+from psft.core.losses import (
     LOSSES,
     asft_loss,
     dft_loss,
@@ -20,8 +19,9 @@ from psft.losses import (
     sft_kl_loss,
     token_mean,
 )
-from psft.reference import ReferenceSource, check_reference_vocabulary
-from psft.tiny import make_tiny_llama
+from psft.core.reference import ReferenceSource, check_reference_vocabulary
+from psft.data.tiny import make_tiny_llama
+from psft.errors import UserError
 
 
 def _asft_authors(logits, labels, ref_logits, alpha):

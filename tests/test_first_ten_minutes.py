@@ -12,10 +12,10 @@ import pytest
 import transformers
 import yaml
 
-import psft.threads as threads
+import psft.core.threads as threads
 from psft import PSFTConfig
 from psft.cli import main
-from psft.data import load_sft_dataset
+from psft.data.sft import load_sft_dataset
 from psft.eval.records import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_readme_python_snippet_runs_verbatim_offline_on_cpu(tmp_path, monkeypatc
 
 def fake_bf16_gpu(monkeypatch):
     """Make transformers and psft believe a bf16-capable GPU is present (the checks only, no device use)."""
-    monkeypatch.setattr("psft.config.accelerator_available", lambda: True)
+    monkeypatch.setattr("psft.core.config.accelerator_available", lambda: True)
     monkeypatch.setattr(transformers.utils, "is_torch_bf16_gpu_available", lambda: True)
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
 
@@ -153,7 +153,7 @@ def test_eval_reads_builtin_data_and_budgets_tokens_to_the_model(tmp_path, capsy
     assert {r.task for r in load_records("psft/general")} == set(
         __import__("psft.tasks", fromlist=["GENERAL_TASKS"]).GENERAL_TASKS
     )
-    from psft.eval.cli import default_max_new_tokens, load_model
+    from psft.cli.eval import default_max_new_tokens, load_model
     from psft.eval.generate import encode_prompt
 
     model, tokenizer = load_model("psft/tiny-base", "cpu")
@@ -214,7 +214,7 @@ def test_example_data_files_load_and_train_two_steps(tmp_path, name, capsys):
 
 
 def test_paper_config_parses_to_the_papers_hyperparameters(monkeypatch):
-    from psft.train import make_parser
+    from psft.cli.train import make_parser
 
     fake_bf16_gpu(monkeypatch)
     script, args, model, _, _ = make_parser().parse_args_and_config(

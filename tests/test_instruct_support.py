@@ -9,13 +9,13 @@ import pytest
 from datasets import Dataset
 
 from psft import PSFTConfig, PSFTTrainer
-from psft.compare import INSTRUCT_DEFAULTS, CompareConfig
+from psft.data.templates import TEMPLATES_DIR, patch_chatml, prepare_training_template, resolve_template_path
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 from psft.errors import UserError
 from psft.eval.checkers import get_checker, infer_checker
 from psft.eval.records import EvalRecord
+from psft.experiments.plan import INSTRUCT_DEFAULTS, CompareConfig
 from psft.tasks import generate
-from psft.templates import TEMPLATES_DIR, patch_chatml, prepare_training_template, resolve_template_path
-from psft.tiny import make_char_tokenizer, make_tiny_llama
 
 # SmolLM2-135M-Instruct's chat template, verbatim (ChatML in one line, a default system prompt, no markers)
 SMOLLM2_TEMPLATE = (
@@ -159,7 +159,7 @@ def test_compare_defaults_suit_the_model(tmp_path):
 
 
 def test_eval_wraps_string_prompts_in_the_chat_template_unless_told_not_to():
-    from psft.eval.cli import _as_chat
+    from psft.cli.eval import _as_chat
 
     tokenizer = make_char_tokenizer()
     records = [EvalRecord("What is 2+2?", "4"), EvalRecord([{"role": "user", "content": "hi"}], "yo")]

@@ -1,4 +1,4 @@
-"""The old/reference pass (`psft.logprobs.label_log_probs`: the training forward with TRL's fused head, no gradient)
+"""The old/reference pass (`psft.core.logprobs.label_log_probs`: the training forward with TRL's fused head, no gradient)
 against the model's own full logits, for each LM-head convention."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from transformers import (
 )
 from trl.trainer.utils import add_fused_lm_head
 
-from psft.logprobs import label_log_probs
+from psft.core.logprobs import label_log_probs
 
 SHAPE = dict(
     hidden_size=32,
@@ -130,7 +130,7 @@ TEXTS = ["The cat sat on the mat.", "2+2=4", "Proximal SFT keeps the policy near
 
 def char_model(name: str):
     """A `HEADS` model over the character tokenizer's vocabulary (with TRL's fused head), and the tokenizer."""
-    from psft.tiny import make_char_tokenizer
+    from psft.data.tiny import make_char_tokenizer
 
     tokenizer = make_char_tokenizer()
     model_cls, config_cls, extra = HEADS[name]
@@ -139,7 +139,7 @@ def char_model(name: str):
 
 @pytest.mark.parametrize("name", ["llama", "gemma2_softcap"])
 def test_the_training_forward_is_the_old_and_reference_pass_bit_for_bit(name):
-    from psft.logprobs import policy_forward
+    from psft.core.logprobs import policy_forward
 
     model = make(*HEADS[name][:2], **HEADS[name][2])
     inputs, labels = batch(model.config.vocab_size)
@@ -149,7 +149,7 @@ def test_the_training_forward_is_the_old_and_reference_pass_bit_for_bit(name):
 
 
 def test_dpo_sequence_log_probs_are_the_label_log_probs_summed_bit_for_bit():
-    from psft.dpo import pair_log_probs, tokenize_pair
+    from psft.stages.dpo import pair_log_probs, tokenize_pair
 
     model, tokenizer = char_model("llama")
     rows = [
@@ -170,7 +170,7 @@ def test_dpo_sequence_log_probs_are_the_label_log_probs_summed_bit_for_bit():
 
 def full_distribution(model, ids: list[int], positions: slice):
     """`next_token_log_softmax` on one unpadded sequence at `positions` (one chunk)."""
-    from psft.logprobs import next_token_log_softmax
+    from psft.core.logprobs import next_token_log_softmax
 
     input_ids = torch.tensor([ids])
     scored = torch.zeros_like(input_ids, dtype=torch.bool)
@@ -207,9 +207,9 @@ def test_drift_stores_the_full_distribution_paths_log_probs_bit_for_bit(name, tm
 
 @pytest.mark.parametrize("name", ["llama", "gemma2_softcap"])
 def test_entropy_is_the_full_distribution_paths_entropy_bit_for_bit(name):
+    from psft.core.logprobs import token_entropy
     from psft.eval.entropy import mean_token_entropy
     from psft.eval.generate import encode_prompt
-    from psft.logprobs import token_entropy
 
     model, tokenizer = char_model(name)
     pairs = [("What is 2+2?", "4"), ([{"role": "user", "content": "Hi"}], "Hello there")]

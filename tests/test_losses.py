@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from psft.losses import LOSSES, dft_loss, get_loss, psft_loss, register_loss, sft_loss, token_mean
+from psft.core.losses import LOSSES, dft_loss, get_loss, psft_loss, register_loss, sft_loss, token_mean
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28
 

@@ -1,4 +1,4 @@
-"""One resolver of names: models (`psft.models`) and data (`psft.sources`). A typo in a built-in name gets a
+"""One resolver of names: models (`psft.data.models`) and data (`psft.data.sources`). A typo in a built-in name gets a
 did-you-mean, an unreachable hub is said to be unreachable within seconds, and every data loader reads files
 through the same resolver (the same message for the same bad file). No test touches the network."""
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from psft.cli import main as psft_main
-from psft.data import load_sft_dataset
-from psft.dpo import load_preference_dataset
+from psft.data.models import BUILTIN_MODEL_NAME, load_model, load_tokenizer, resolve_model_name
+from psft.data.sft import load_sft_dataset
+from psft.data.sources import resolve_source
 from psft.errors import UserError
 from psft.eval.records import load_records
-from psft.models import BUILTIN_MODEL_NAME, load_model, load_tokenizer, resolve_model_name
-from psft.rl import load_rl_dataset
-from psft.sources import resolve_source
-from psft.stage import load_data_rows
+from psft.stages.chain import load_data_rows
+from psft.stages.dpo import load_preference_dataset
+from psft.stages.rl import load_rl_dataset
 
 
 def test_a_typo_in_a_built_in_model_gets_a_did_you_mean_not_a_hub_lookup(monkeypatch):

@@ -9,8 +9,8 @@ from trainer_support import TOKENIZER, common_args, make_trainer, prompt_complet
 
 from psft import PSFTConfig, PSFTTrainer
 from psft.cli import main
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 from psft.errors import UserError
-from psft.tiny import make_char_tokenizer, make_tiny_llama
 
 
 @pytest.mark.parametrize(

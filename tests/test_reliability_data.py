@@ -7,7 +7,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from psft.data import load_sft_dataset, validate_records
+from psft.data.sft import load_sft_dataset, validate_records
 from psft.errors import UserError
 
 WORDS = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=8).filter(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from psft.checkpoint import publish, write_manifest
+from psft.core.checkpoint import publish, write_manifest
 
 SCRIPT = Path(__file__).with_name("resume_run.py")
 

@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from trainer_support import TOKENIZER, common_args, make_trainer, prompt_completion_data
 
 from psft import PSFTConfig, PSFTTrainer
-from psft.checkpoint import MANIFEST, RUN_FILE, checkpoint_problem, resolve_resume, write_manifest
+from psft.core.checkpoint import MANIFEST, RUN_FILE, checkpoint_problem, resolve_resume, write_manifest
+from psft.data.tiny import make_tiny_llama
 from psft.errors import UserError
-from psft.tiny import make_tiny_llama
 
 RUN = dict(mini_batches_per_rollout=2, max_steps=2, save_strategy="steps", save_steps=2, logging_steps=1)
 
@@ -107,7 +107,7 @@ def fake_checkpoint(directory, complete=True):
 
 @pytest.fixture
 def warnings_logged(monkeypatch):
-    from psft import checkpoint
+    from psft.core import checkpoint
 
     logged = []
     monkeypatch.setattr(checkpoint.logger, "warning", logged.append)

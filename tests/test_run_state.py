@@ -18,11 +18,11 @@ from test_reliability_numerics import NaNAt
 from trainer_support import TOKENIZER, make_trainer, prompt_completion_data
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from psft.checkpoint import LOCK_FILE, acquire_lock, release_lock
+from psft.core.checkpoint import LOCK_FILE, acquire_lock, release_lock
+from psft.core.reference import ReferenceTable
+from psft.core.run_state import RunState
+from psft.core.schedule import RolloutSchedule
 from psft.errors import UserError
-from psft.reference import ReferenceTable
-from psft.run_state import RunState
-from psft.schedule import RolloutSchedule
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -260,7 +260,7 @@ def test_psft_train_on_sigterm_checkpoints_at_the_step_boundary_and_says_how_to_
 
     from test_cli_errors import base_config, config_argv
 
-    from psft.checkpoint import checkpoint_problem
+    from psft.core.checkpoint import checkpoint_problem
 
     config = base_config(tmp_path, tiny_model_dir, max_steps=100_000, save_strategy="steps", save_steps=2)
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")

@@ -87,7 +87,7 @@ def test_convert_refuses_an_archive_without_a_gguf(tmp_path):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("empty/__init__.py", "")
     with pytest.raises(UserError, match="expected one .gguf file"):
-        from psft.convert import convert
+        from psft.data.convert import convert
 
         convert(str(wheel), str(tmp_path / "out"))
 
@@ -117,7 +117,7 @@ def test_loss_mask_is_the_answer_and_one_end_of_turn(smollm2_dir, tmp_path, fmt,
 
 
 def test_smollm2_template_error_names_the_model_and_the_fix(smollm2_dir, tmp_path):
-    from psft.data import check_chat_template
+    from psft.data.sft import check_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -236,7 +236,7 @@ def test_fast_greedy_decoding_gives_model_generates_completions(smollm2_dir):
     """Evaluation's greedy decoding (length-sorted batches, finished rows dropped from the batch and its KV
     cache) gives exactly `model.generate`'s completions on the real model: 2 prompts of each study set,
     some answering in a few tokens, others running to the budget."""
-    from psft.data import builtin_rows
+    from psft.data.sft import builtin_rows
     from psft.eval.generate import evaluate_generation
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)

@@ -1,9 +1,9 @@
-"""psft.stats on synthetic data with known answers: bootstrap coverage, Holm, TOST, interpolation."""
+"""psft.experiments.stats on synthetic data with known answers: bootstrap coverage, Holm, TOST, interpolation."""
 
 import numpy as np
 import pytest
 
-from psft import stats
+from psft.experiments import stats
 
 
 def _crossed(rng, delta, seeds=5, prompts=100, sd_seed=0.03, sd_prompt=0.3, sd_noise=0.3):

@@ -9,6 +9,7 @@ import pytest
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.tasks import (
@@ -23,7 +24,6 @@ from psft.tasks import (
     to_record,
     write_suite,
 )
-from psft.tiny import make_char_tokenizer, make_tiny_llama
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from psft.cli import main
-from psft.data import load_sft_dataset, write_jsonl
+from psft.data.sft import load_sft_dataset, write_jsonl
 
 
 def write_config(tmp_path, model_dir, data, **overrides):

@@ -20,7 +20,7 @@ from trainer_support import (
 from trl import SFTConfig, SFTTrainer
 
 from psft import PSFTConfig, PSFTTrainer
-from psft.tiny import make_tiny_llama
+from psft.data.tiny import make_tiny_llama
 
 
 def test_k1_psft_equals_sft_and_trl_sft_trainer(tmp_path):

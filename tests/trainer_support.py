@@ -8,7 +8,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from psft import PSFTConfig, PSFTTrainer
-from psft.tiny import make_char_tokenizer, make_tiny_llama
+from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 
 TOKENIZER = make_char_tokenizer()
 

@@ -5,7 +5,7 @@
 - `compute_reference_stats(base, ...)` then `measure_drift(model, stats_file)`: KL(base || model) on text.
 - `EvalCallback(...).attach(trainer)`: the above every N training steps, logged through the trainer.
 - `psft.eval.lmeval.run_lm_eval(model, tasks, ...)`: lm-evaluation-harness tasks (extra: ``psft[lmeval]``).
-- `psft eval ...` on the command line (`psft.eval.cli`).
+- `psft eval ...` on the command line (`psft.cli.eval`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# public name -> module that defines it; loaded on first use, so that `psft eval --help` (psft.eval.cli) does not
+# public name -> module that defines it; loaded on first use, so that `psft eval --help` (psft.cli.eval) does not
 # import torch and transformers
 _EXPORTS = {
     "EvalCallback": "psft.eval.callback",

@@ -13,7 +13,7 @@ model, not the resumed one.
 
 Every evaluation also keeps its per-prompt results in `prompt_results` (prompt id, task, correct; and, for
 the `heldout` demonstrations, the NLL per completion token of the reference answer), so that intervals can
-resample prompts (`psft.stats`); `log_steps` gives a log-spaced schedule (0, 2, 4, 8, ... plus the end) that
+resample prompts (`psft.experiments.stats`); `log_steps` gives a log-spaced schedule (0, 2, 4, 8, ... plus the end) that
 sees early forgetting with few evaluations.
 
 Runs on every process (each computes the same numbers); not meant for FSDP / ZeRO-3 sharded models.
@@ -69,9 +69,9 @@ def _ids(tasks: list[str]) -> list[str]:
 @torch.no_grad()
 def heldout_nll(model, tokenizer, rows: list[dict[str, Any]], batch_size: int = 32) -> list[float]:
     """Per row, the mean negative log-likelihood per token (nats) of its reference answer (the last assistant
-    message, or `completion`) given its prompt, as the training forward scores labels (`psft.logprobs`): how
+    message, or `completion`) given its prompt, as the training forward scores labels (`psft.core.logprobs`): how
     well the model fits demonstrations it was not trained on."""
-    from psft.logprobs import ensure_fused_head, label_log_probs
+    from psft.core.logprobs import ensure_fused_head, label_log_probs
 
     ensure_fused_head(model)
     pairs = []

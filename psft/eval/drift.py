@@ -16,9 +16,9 @@ Reported per position, averaged over all positions:
   finds the held-out text less likely than the base did).
 
 Memory: logits are never materialised for a whole sequence; the final hidden states of the positions that have a
-next token go through the output head `chunk_size` positions at a time (`psft.logprobs.next_token_log_softmax`, the
+next token go through the output head `chunk_size` positions at a time (`psft.core.logprobs.next_token_log_softmax`, the
 one full-distribution path, shared with `psft.eval.entropy`; by default as many positions as keep chunk_size x vocab
-within `psft.logprobs.LOGITS_CHUNK_ELEMENTS`), so peak extra memory is a few chunk_size x vocab float32 tensors
+within `psft.core.logprobs.LOGITS_CHUNK_ELEMENTS`), so peak extra memory is a few chunk_size x vocab float32 tensors
 (measured on CPU before padding positions were skipped, 8 x 1024 tokens, vocab 32k: 0.41 GB peak RSS growth for
 stats + drift, against 2.0 GB for one plain full-logits log-softmax). The stats file takes about N x top_k x 8 bytes for N positions.
 """
@@ -32,13 +32,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from psft.errors import UserError
-from psft.logprobs import (  # noqa: F401  (head_log_softmax, last_hidden_state, LOGITS_CHUNK_ELEMENTS: old imports)
+from psft.core.logprobs import (  # noqa: F401  (head_log_softmax, last_hidden_state, LOGITS_CHUNK_ELEMENTS: old imports)
     LOGITS_CHUNK_ELEMENTS,
     head_log_softmax,
     last_hidden_state,
     next_token_log_softmax,
 )
+from psft.errors import UserError
 
 FORMAT = "psft-drift-v1"
 
@@ -66,7 +66,7 @@ class DriftResult:
 def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, device) -> Iterator[tuple]:
     """Right-padded batches `(ids, mask, positions, targets, index)`: the positions that have a next token (a
     bool `(batch, width)` mask), their next tokens and their indices in the flat position order (both in the
-    row-major order `psft.logprobs.next_token_log_softmax` yields them in)."""
+    row-major order `psft.core.logprobs.next_token_log_softmax` yields them in)."""
     offsets = [0]
     for s in seqs:
         offsets.append(offsets[-1] + len(s) - 1)

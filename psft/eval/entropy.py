@@ -5,7 +5,7 @@ and the completion's tokens follow it, then the end-of-turn (EOS) token. At ever
 model's next-token distribution p gives H = -sum_v p(v) log p(v) (nats); the result is the mean over all
 completion positions of all pairs. p is the model's own (with its head's logit scaling and softcapping), and
 only the completion positions go through the output head, a chunk of positions at a time
-(`psft.logprobs.next_token_log_softmax` and `token_entropy`, the path drift uses too). The tokens are the
+(`psft.core.logprobs.next_token_log_softmax` and `token_entropy`, the path drift uses too). The tokens are the
 demonstration's, not the model's own samples, so every model is measured on the same positions. SFT drives this towards zero on the data it memorises; the PSFT
 paper reports that PSFT keeps it from collapsing.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from psft.core.logprobs import next_token_log_softmax, token_entropy
 from psft.eval.generate import encode_prompt
-from psft.logprobs import next_token_log_softmax, token_entropy
 
 
 @torch.no_grad()

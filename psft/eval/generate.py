@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
+from psft.data.validate import write_jsonl
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.eval.records import EvalRecord, load_records, render_prompt
-from psft.records import write_jsonl
 
 # end-of-turn tokens of common chat templates; those present in the vocabulary also stop decoding
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")

@@ -28,8 +28,8 @@ class EvalRecord:
 
 def load_rows(data: str, split: str = "test") -> list[dict[str, Any]]:
     """Rows of a local JSON/JSONL/Parquet file, of a built-in dataset (`psft/<task>`), or of a hub dataset's
-    `split` (`psft.sources`)."""
-    from psft.sources import builtin_rows, read_dataset, resolve_source
+    `split` (`psft.data.sources`)."""
+    from psft.data.sources import builtin_rows, read_dataset, resolve_source
 
     source = resolve_source(data)
     if source.kind == "builtin":

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from psft.data.validate import write_jsonl
 from psft.errors import UserError
-from psft.records import write_jsonl
 from psft.tasks.arith import sample_arith
 from psft.tasks.base import SPLITS, Example, Sampler, sample_unique, split_of
 from psft.tasks.general import GENERAL_SAMPLERS

@@ -2,7 +2,7 @@
 
 A checkpoint taken inside a rollout must let a resumed run finish that rollout against the *same* old policy
 (the model at the rollout's start, which no longer exists). The remaining mini-batches' old log-probs are
-saved with the checkpoint in the run state (`psft.run_state`, `psft_run_state_<process>.pt`), each micro-batch
+saved with the checkpoint in the run state (`psft.core.run_state`, `psft_run_state_<process>.pt`), each micro-batch
 keyed by a hash of its tokens; on resume the Trainer re-fetches the same micro-batches (`skip_first_batches`), and
 the saved log-probs are re-attached after checking the hashes. Everything else (weights, optimizer, scheduler,
 RNG, data position) is the Trainer's own checkpoint.
@@ -138,7 +138,7 @@ def _fsync(path: str) -> None:
 # ---------------------------------------------------------------------------------------- meaning of a run
 def run_meaning(args: Any, data: str | None) -> dict[str, Any]:
     """What fixes the meaning of a run with `args` (a `PSFTConfig`) on data with fingerprint `data`."""
-    from psft.losses import get_loss
+    from psft.core.losses import get_loss
 
     names = MEANING_FIELDS + get_loss(args.loss_type).hparams
     meaning = {name: getattr(args, name) for name in names}

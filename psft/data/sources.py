@@ -1,7 +1,7 @@
 """One resolver of data names: a built-in task (`psft/<task>`), a local .json/.jsonl/.parquet file or a hub dataset.
 
-Every loader of data (`psft.data.load_sft_dataset`, `psft.dpo.load_preference_dataset`, `psft.rl.load_rl_dataset`,
-`psft.stage.load_data_rows`, `psft.eval.records.load_rows`) asks `resolve_source` what a name is and reads files
+Every loader of data (`psft.data.sft.load_sft_dataset`, `psft.stages.dpo.load_preference_dataset`, `psft.stages.rl.load_rl_dataset`,
+`psft.stages.chain.load_data_rows`, `psft.eval.records.load_rows`) asks `resolve_source` what a name is and reads files
 and hub datasets with `read_dataset`, so a name means the same and fails with the same message everywhere. What
 each loader does with the rows (checking a format, normalising to prompt + reference) stays with it.
 """
@@ -124,7 +124,7 @@ def read_dataset(
     except (DatasetsError, OSError) as err:  # neither on disk nor on the hub (or the hub is unreachable)
         from huggingface_hub import constants
 
-        from psft.models import hub_unreachable
+        from psft.data.models import hub_unreachable
 
         why = None if constants.HF_HUB_OFFLINE else hub_unreachable()
         found = f"the Hugging Face hub is unreachable ({why})" if why else "no hub dataset of that name"

@@ -3,7 +3,7 @@ method's frontier, matched comparisons on held-out data, Holm-corrected verdicts
 
 Two sources of noise: the seed (a run's data order and initialisation) and the finite set of evaluation prompts
 (a run's accuracy on n prompts has a binomial error sqrt(p(1-p)/n)). Every interval on an accuracy, a held-out
-NLL or a gap between methods comes from a bootstrap over both (`psft.stats`): each replicate draws seeds with
+NLL or a gap between methods comes from a bootstrap over both (`psft.experiments.stats`): each replicate draws seeds with
 replacement and prompts with replacement (one prompt draw shared by every seed: the same prompts score every
 run), and applies the same draws to both methods of a comparison, so gaps are paired by seed and prompt. Runs
 without per-prompt results (written before `prompts.jsonl` existed) are resampled over seeds only. Metrics of
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from psft import stats
+from psft.experiments import stats
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,

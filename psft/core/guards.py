@@ -1,16 +1,16 @@
 """`ReliabilityMixin`: the parts of `PSFTTrainer` that guard a run against bad data, crashes and non-finite numbers.
 
-- Data: every raw record is validated before tokenisation (`psft.data.validate_records`), and records that
+- Data: every raw record is validated before tokenisation (`psft.data.sft.validate_records`), and records that
   truncation to `max_length` leaves without a loss token (TRL drops them silently) are an error, or a logged
   skip with `skip_invalid_records`.
-- Checkpoints are written atomically and carry the run state (`psft.run_state`: the pending old log-probs of an
+- Checkpoints are written atomically and carry the run state (`psft.core.run_state`: the pending old log-probs of an
   interrupted rollout, the non-finite counters, the reference fingerprint, the drift base), so a resumed run ends
-  with the same parameters as an uninterrupted one (`psft.checkpoint`). A checkpoint to resume is checked first:
+  with the same parameters as an uninterrupted one (`psft.core.checkpoint`). A checkpoint to resume is checked first:
   whole (a completeness manifest), and saved by a run with the same meaning (objective, schedule, batch shape,
   world size, data).
 - One run per output directory (`psft.lock`, stale locks of dead processes taken over), and SIGTERM (what Slurm
   and Kubernetes send before killing) writes a checkpoint at the next step boundary and stops the run with
-  `psft.run_state.Preempted`, whose one line says how to resume.
+  `psft.core.run_state.Preempted`, whose one line says how to resume.
 - An optimizer step with a non-finite loss or gradient is skipped for real: gradients are dropped (`None`, so
   AdamW neither moves the weights nor advances its moments or step count) and the optimizer reports the step as
   skipped, so the LR scheduler does not advance either. Under DeepSpeed, whose engine steps inside `backward`,
@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
-from psft.checkpoint import (
+from psft.core.checkpoint import (
     STAGING_PREFIX,
     acquire_lock,
     check_run_meaning,
@@ -49,10 +49,10 @@ from psft.checkpoint import (
     save_run_meaning,
     write_manifest,
 )
-from psft.data import check_chat_template, validate_records
+from psft.core.run_state import Preempted, RunState
+from psft.data.sft import check_chat_template, validate_records
+from psft.data.templates import resolve_template_path
 from psft.errors import UserError
-from psft.run_state import Preempted, RunState
-from psft.templates import resolve_template_path
 
 logger = logging.get_logger(__name__)
 
@@ -77,13 +77,13 @@ class ReliabilityMixin:
 
     @staticmethod
     def _prepare_chat_template(model: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        """Give TRL a tokenizer whose template has `{% generation %}` markers (`psft.templates`): loaded here as
+        """Give TRL a tokenizer whose template has `{% generation %}` markers (`psft.data.templates`): loaded here as
         TRL would (`AutoProcessor` on the model's id, trl 1.16) when none is passed, then checked or patched."""
         config = getattr(model, "config", None)
         name = model if isinstance(model, str) else getattr(config, "_name_or_path", None)
         tokenizer = kwargs.get("processing_class")
         if tokenizer is None and name:
-            from psft.models import load_processor
+            from psft.data.models import load_processor
 
             tokenizer = load_processor(name, trust_remote_code=args.trust_remote_code)
             kwargs["processing_class"] = tokenizer
@@ -276,7 +276,7 @@ class ReliabilityMixin:
         return self._any_process(torch.tensor(self._sigterm))
 
     def _run_meaning(self) -> dict[str, Any]:
-        """What fixes this run's meaning (`psft.checkpoint.run_meaning`), the data hashed once per run."""
+        """What fixes this run's meaning (`psft.core.checkpoint.run_meaning`), the data hashed once per run."""
         if self._meaning is None:
             self._meaning = run_meaning(self.args, data_fingerprint(self.train_dataset))
         return self._meaning

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from psft.checkpoint import fingerprint
+from psft.core.checkpoint import fingerprint
 from psft.errors import Interrupted
 
 RUN_STATE = "psft_run_state_{}.pt"

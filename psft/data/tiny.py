@@ -2,7 +2,7 @@
 
 A character-level tokenizer with a ChatML-style chat template (with `{% generation %}` markers, so TRL's
 assistant-only loss works) and a small Llama. Tests use them, and the built-in base model is one of them,
-pretrained (see `scripts/pretrain_tiny.py`); `psft.models` resolves its name.
+pretrained (see `scripts/pretrain_tiny.py`); `psft.data.models` resolves its name.
 """
 
 from __future__ import annotations
@@ -79,5 +79,5 @@ def make_tiny_llama(
     return model
 
 
-# the names of built-in models resolve in `psft.models` (the one model loader); kept here for old imports
-from psft.models import BUILTIN_MODEL_NAME, builtin_model_path, resolve_model_name  # noqa: E402, F401
+# the names of built-in models resolve in `psft.data.models` (the one model loader); kept here for old imports
+from psft.data.models import BUILTIN_MODEL_NAME, builtin_model_path, resolve_model_name  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""PNG plots of a `psft compare` report (matplotlib, no display needed); `psft.report` has their captions.
+"""PNG plots of a `psft compare` report (matplotlib, no display needed); `psft.experiments.report` has their captions.
 
 Colour = method, line style = sweep point (e.g. learning rate); curves are means over seeds with a band for the
 95% t-interval where there are two seeds or more (the frontier's band: the bootstrap over seeds and prompts).
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from psft.analysis import estimate
+from psft.experiments.analysis import estimate
 
 STYLES = ("-", "--", ":", "-.")
 

@@ -1,7 +1,7 @@
 """What comes after fine-tuning (RL, DPO): the same stage run from several checkpoints, each evaluated before
 and after it, so that the starts can be compared (the paper's SFT->RL vs PSFT->RL and SFT->DPO vs PSFT->DPO).
 
-`run_chain` is the one home of the chain: `psft.rl.run_rl_stage` and `psft.dpo.run_dpo_stage` give it their
+`run_chain` is the one home of the chain: `psft.stages.rl.run_rl_stage` and `psft.stages.dpo.run_dpo_stage` give it their
 training function and settings. Each evaluation is greedy accuracy (avg@1, per task and overall) on an
 in-domain and an out-of-domain set, the token entropy on their reference completions, the drift from the base
 model on the out-of-domain texts (with `base_model`), and the stage's own metrics (a `probe`, e.g. DPO's
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from psft.data.models import load_model, load_tokenizer
+from psft.data.sources import builtin_rows, is_builtin
 from psft.errors import UserError
 from psft.eval.entropy import mean_token_entropy
 from psft.eval.generate import evaluate_generation
 from psft.eval.records import load_rows
-from psft.models import load_model, load_tokenizer
-from psft.rewards import completion_text
-from psft.sources import builtin_rows, is_builtin
+from psft.stages.rewards import completion_text
 
 # probe(model, tokenizer, checkpoint name, "before" | "after") -> the stage's own metrics
 Probe = Callable[[Any, Any, str, str], dict[str, Any]]
@@ -241,11 +241,11 @@ def parse_checkpoints(pairs: list[str]) -> dict[str, str]:
 
 def parse_stage_command(parser: Any, argv: list[str], usage: str) -> tuple[Any, Any, Any] | None:
     """The start shared by `psft rl` and `psft dpo`: help (None when it was printed), flags over the YAML
-    (`psft.args`), the thread choice, and `ModelConfig`'s loading options put in the stage config's
+    (`psft.cli.args`), the thread choice, and `ModelConfig`'s loading options put in the stage config's
     `model_init_kwargs` (the config's own entries win). Returns (stage arguments, stage config, ModelConfig)."""
-    from psft.args import parse_config_and_flags
-    from psft.cli_help import show_help
-    from psft.threads import configure_threads
+    from psft.cli.args import parse_config_and_flags
+    from psft.cli.help import show_help
+    from psft.core.threads import configure_threads
 
     if show_help(argv, parser, usage):
         return None

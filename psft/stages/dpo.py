@@ -6,7 +6,7 @@
 Data are TRL's preference formats: `prompt`/`chosen`/`rejected`, plain text or conversational (or `chosen` and
 `rejected` conversations that share their prompt), from the built-in `psft/pref`, a local JSONL/JSON/Parquet
 file or a hub dataset; every record is checked first (the error names the file line or record, and the field).
-Every field of TRL's `DPOConfig` works (`beta`, `loss_type`, ...). The chain (`run_dpo_stage`, `psft.stage`)
+Every field of TRL's `DPOConfig` works (`beta`, `loss_type`, ...). The chain (`run_dpo_stage`, `psft.stages.chain`)
 runs the same DPO from several checkpoints and reports, before and after DPO, the preference accuracy and reward
 margin on held-out pairs beside accuracy, entropy and drift.
 """
@@ -28,13 +28,13 @@ from trl import DPOConfig, ModelConfig, TrlParser, get_peft_config
 from trl.data_utils import extract_prompt
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from psft.args import config_parser, parse_config_and_flags
+from psft.cli.args import config_parser, parse_config_and_flags
+from psft.core.logprobs import ensure_fused_head, label_log_probs
+from psft.data.models import load_model, load_tokenizer, resolve_model_name
+from psft.data.sources import BUILTIN_TEST_SIZE, check_builtin_task, read_dataset, resolve_source
+from psft.data.validate import record_problem
 from psft.errors import UserError
-from psft.logprobs import ensure_fused_head, label_log_probs
-from psft.models import load_model, load_tokenizer, resolve_model_name
-from psft.records import record_problem
-from psft.sources import BUILTIN_TEST_SIZE, check_builtin_task, read_dataset, resolve_source
-from psft.stage import StageEval, format_report, parse_checkpoints, parse_stage_command, run_chain
+from psft.stages.chain import StageEval, format_report, parse_checkpoints, parse_stage_command, run_chain
 
 # fields of the DPO run written to the report, so that runs can be compared
 BUDGET_FIELDS = (
@@ -97,7 +97,7 @@ class DPOArguments:
 def preference_problem(record: dict[str, Any]) -> tuple[str, str] | None:
     """`(field, what is wrong)` for one preference record (explicit prompt, or TRL's implicit one), or None.
 
-    `chosen` and `rejected` are each checked as the completion of the prompt (`psft.records.record_problem`):
+    `chosen` and `rejected` are each checked as the completion of the prompt (`psft.data.validate.record_problem`):
     text, or chat messages with a non-empty assistant turn, in the prompt's format."""
     for name in ("chosen", "rejected"):
         if record.get(name) is None:
@@ -341,7 +341,7 @@ def preference_metrics(
 
 
 class PreferenceProbe:
-    """The chain's preference metrics on held-out pairs, for `psft.stage.run_chain`.
+    """The chain's preference metrics on held-out pairs, for `psft.stages.chain.run_chain`.
 
     Against the base model (a reference common to every start, so before-DPO numbers compare): `accuracy`,
     `reward_margin`; reference-free: `logp_margin` (mean log pi(chosen) - log pi(rejected)); after DPO also
@@ -414,7 +414,7 @@ def run_dpo_stage(
 ) -> dict[str, Any]:
     """The same DPO run (`args`, `train_data`) from each named checkpoint, into `args.output_dir/NAME`, with the
     preference metrics on held-out pairs (`eval_pairs`, default `train_data`'s `test_split`; `PreferenceProbe`)
-    and accuracy, entropy and (with `base_model`) drift before and after it: `psft.stage.run_chain`. Returns
+    and accuracy, entropy and (with `base_model`) drift before and after it: `psft.stages.chain.run_chain`. Returns
     the report, also written as JSON to `report_path` (default `args.output_dir/dpo_report.json`)."""
     if eval_pairs is None and os.path.isfile(train_data):
         raise UserError(

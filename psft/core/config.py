@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from psft.core.losses import get_loss
 from psft.errors import UserError
-from psft.losses import get_loss
 
 # TRL's name for plain SFT; we accept it as an alias of "sft".
 LOSS_ALIASES = {"nll": "sft"}
@@ -28,7 +28,7 @@ class PSFTConfig(SFTConfig):
 
     Parameters:
         loss_type (`str`, *optional*, defaults to `"psft"`):
-            Registered objective (see `psft.losses.LOSSES` and docs/baselines.md): `"psft"` (clipped surrogate
+            Registered objective (see `psft.core.losses.LOSSES` and docs/baselines.md): `"psft"` (clipped surrogate
             against the old policy), `"sft"` (NLL; `"nll"` is an alias), `"dft"` (Dynamic Fine-Tuning), `"sft_kl"`,
             `"asft"` (DFT + full-vocabulary KL to the reference), `"asft_label_kl"` (its label-token estimate),
             `"eaft"`.
@@ -107,7 +107,7 @@ class PSFTConfig(SFTConfig):
     loss_type: str = field(
         default="psft",
         metadata={
-            "help": "Registered objective: 'psft', 'sft' (alias 'nll'), 'dft', or any name in psft.losses.LOSSES."
+            "help": "Registered objective: 'psft', 'sft' (alias 'nll'), 'dft', or any name in psft.core.losses.LOSSES."
         },
     )
     epsilon: float = field(

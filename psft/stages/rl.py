@@ -5,9 +5,9 @@
 
 The reward is 1.0 when the row's answer checker (`checker` field: "math" = math-verify, "exact", the suite's
 "json_answer"/"bracketed", ...; `default_checker` otherwise) accepts the completion, else 0.0, plus an
-optional format reward (`format_reward_weight`, see `psft.rewards`). `RLConfig` is TRL's `GRPOConfig` with
+optional format reward (`format_reward_weight`, see `psft.stages.rewards`). `RLConfig` is TRL's `GRPOConfig` with
 the paper's DAPO-style defaults. `run_rl_stage` runs the same RL budget from several fine-tuned checkpoints
-and reports in-domain / out-of-domain accuracy, token entropy and drift before and after RL (`psft.stage`).
+and reports in-domain / out-of-domain accuracy, token entropy and drift before and after RL (`psft.stages.chain`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from typing import Any
 from datasets import Dataset
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config
 
-from psft.args import config_parser, parse_config_and_flags
+from psft.cli.args import config_parser, parse_config_and_flags
+from psft.data.models import resolve_model_name
+from psft.data.sources import is_builtin
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.eval.records import load_records
-from psft.models import resolve_model_name
-from psft.rewards import checker_reward, format_reward
-from psft.sources import is_builtin
-from psft.stage import (
+from psft.stages.chain import (
     StageEval,
     format_report,
     load_data_rows,
@@ -35,6 +34,7 @@ from psft.stage import (
     parse_stage_command,
     run_chain,
 )
+from psft.stages.rewards import checker_reward, format_reward
 
 # fields of the RL budget written to the report, so that runs can be compared
 BUDGET_FIELDS = (
@@ -184,7 +184,7 @@ def run_rl_stage(
 ) -> dict[str, Any]:
     """The same RL run (`args`, `train_data`) from each named checkpoint, into `args.output_dir/NAME`, with
     in-domain and out-of-domain accuracy, entropy and (with `base_model`) drift before and after it (each
-    evaluation set: one data name or a list, test split, `eval_limit` prompts per task): `psft.stage.run_chain`.
+    evaluation set: one data name or a list, test split, `eval_limit` prompts per task): `psft.stages.chain.run_chain`.
     Returns the report, also written as JSON to `report_path` (default `args.output_dir/rl_report.json`)."""
     train = load_rl_dataset(train_data, "train", args.default_checker)
 

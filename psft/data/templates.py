@@ -20,7 +20,7 @@ from typing import Any
 
 from psft.errors import UserError
 
-TEMPLATES_DIR = Path(__file__).parent / "assets" / "chat_templates"
+TEMPLATES_DIR = Path(__file__).parents[1] / "assets" / "chat_templates"
 BUILTIN_TEMPLATE_PREFIX = "psft/"  # `psft/chatml` -> TEMPLATES_DIR / "chatml.jinja"
 
 # `{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}`, the newline

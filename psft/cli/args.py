@@ -60,7 +60,7 @@ def parse_config_and_flags(parser: TrlParser, argv: list[str]) -> tuple[Any, ...
     """Parse flags over `--config FILE.yaml` (as `TrlParser.parse_args_and_config`, `env:` included). An unknown
     field (in either) names the closest known one; a YAML value goes through its flag's type and choices."""
     if not isinstance(parser, OneLineErrors):
-        raise TypeError("parse_config_and_flags needs a parser from psft.args.config_parser")
+        raise TypeError("parse_config_and_flags needs a parser from psft.cli.args.config_parser")
     argv = [
         part for item in argv for part in (item.split("=", 1) if item.startswith("--config=") else [item])
     ]

@@ -29,7 +29,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 def builtin_model_path(name: str = BUILTIN_MODEL_NAME) -> str:
     """Directory of a built-in model shipped in the package (made by `scripts/pretrain_tiny.py`)."""
-    path = Path(__file__).parent / "assets" / BUILTIN_MODELS[name]
+    path = Path(__file__).parents[1] / "assets" / BUILTIN_MODELS[name]
     if not (path / "config.json").is_file():
         raise UserError(
             f"the built-in model is missing from {path}; reinstall psft or run scripts/pretrain_tiny.py"

@@ -5,7 +5,7 @@ once, before the first update, and looked up later by the content of each row: a
 on its tokens, so the table is keyed by content and any shuffling, batching or padding of the data finds them.
 Only the loss tokens' log-probs are stored (what `sft_kl`/`asft` read): 4 bytes per loss token, far below a second
 copy of the model. Each process scores a shard of the data; the shards are then merged on every process. The table
-lives in the output directory; every checkpoint records its `fingerprint()` (`psft.run_state`), so a resume with a
+lives in the output directory; every checkpoint records its `fingerprint()` (`psft.core.run_state`), so a resume with a
 table another run wrote there is refused.
 """
 
@@ -23,8 +23,8 @@ import torch
 from accelerate.utils import is_peft_model
 from torch import Tensor
 
+from psft.core.logprobs import label_log_probs
 from psft.errors import UserError
-from psft.logprobs import label_log_probs
 
 
 def _targets(batch: dict[str, Tensor]) -> Tensor:
@@ -152,7 +152,7 @@ class ReferenceSource:
             self.model.train(was_training)
 
     def label_log_probs(self, inputs: dict[str, Any]) -> Tensor:
-        """Float32 log-probs of the labels, exactly as `psft.logprobs.label_log_probs` computes the policy's."""
+        """Float32 log-probs of the labels, exactly as `psft.core.logprobs.label_log_probs` computes the policy's."""
         with self._active():
             return label_log_probs(self.model, inputs)
 

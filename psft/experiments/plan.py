@@ -5,11 +5,11 @@ shared training settings; a sweep multiplies methods by values of a field, and `
 (the seed sets the data order). Every run starts from the same base model, is evaluated along the way
 (generation accuracy in-domain and out-of-domain, drift from the base) by `psft.eval.EvalCallback`, and writes
 `<output_dir>/<run>/result.json` the moment it ends. The report (`report.json`, `report.md`, a terminal table,
-PNG plots) is rebuilt from the runs on disk (`psft.analysis`: means and 95% intervals over seeds, each
+PNG plots) is rebuilt from the runs on disk (`psft.experiments.analysis`: means and 95% intervals over seeds, each
 method's in-domain vs out-of-domain frontier, paired gaps and a verdict); a re-run skips finished runs.
 
     psft compare --config compare.yaml [--output_dir DIR] [--seeds 0 1 2] [--jobs N] [--quick] [--rl RL_YAML]
-                 [--dpo DPO_YAML]               # then the same RL or DPO run from each method (psft.rl, psft.dpo)
+                 [--dpo DPO_YAML]               # then the same RL or DPO run from each method (psft.stages.rl, psft.stages.dpo)
     psft compare --report DIR                  # re-render the report of DIR from its finished runs
     psft demo [--quick | --full] [--output_dir DIR] [--jobs N] [--model PATH]   # the built-in tiny model and
                                                # its suite, or a real instruct model (psft convert)
@@ -34,9 +34,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from psft.args import ArgumentParser
+from psft.cli.args import ArgumentParser
+from psft.core.threads import choose_threads, configure_threads
 from psft.errors import UserError, did_you_mean, first_line
-from psft.threads import choose_threads, configure_threads
 
 console = Console(stderr=True, soft_wrap=True)  # progress lines stay one line each, even in a log file
 
@@ -222,7 +222,7 @@ class CompareConfig:
     def for_model(cls, **fields_: Any) -> CompareConfig:
         """A config whose unset fields suit its `model`: the tiny model's suite for `psft/tiny-base`,
         `INSTRUCT_DEFAULTS` for any other (a real instruct model)."""
-        from psft.tiny import BUILTIN_MODEL_NAME
+        from psft.data.tiny import BUILTIN_MODEL_NAME
 
         if fields_.get("model", BUILTIN_MODEL_NAME) != BUILTIN_MODEL_NAME:
             fields_ = {**copy.deepcopy(INSTRUCT_DEFAULTS), **fields_}
@@ -296,7 +296,7 @@ def quick(config: CompareConfig) -> CompareConfig:
 
 def _eval_records(config: CompareConfig) -> tuple[list[dict], list[dict]]:
     """(in-domain records, out-of-domain records) from the test splits; drift is measured on the latter."""
-    from psft.data import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, is_builtin, load_sft_dataset
+    from psft.data.sft import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, is_builtin, load_sft_dataset
     from psft.tasks import GENERAL_TASKS, generate, to_record
 
     out_of_domain = config.out_of_domain or [f"psft/{task}" for task in GENERAL_TASKS]
@@ -392,13 +392,13 @@ def run_method(
     from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
 
-    from psft.data import load_sft_dataset
+    from psft.core.trainer import PSFTTrainer
+    from psft.data.models import load_model, load_tokenizer
+    from psft.data.sft import load_sft_dataset
+    from psft.data.validate import write_jsonl
     from psft.eval.callback import EvalCallback
     from psft.eval.checkers import infer_checker
     from psft.eval.records import load_records, render_text
-    from psft.models import load_model, load_tokenizer
-    from psft.records import write_jsonl
-    from psft.trainer import PSFTTrainer
 
     disable_progress_bar()  # per-run bars (tokenizing, loading weights) drown the progress lines
     hf_logging.disable_progress_bar()
@@ -467,7 +467,7 @@ def run_method(
 def training_arguments(config: CompareConfig, run: dict[str, Any], out_dir: Path) -> Any:
     """The `PSFTConfig` of one run: compare's defaults (no bf16, no checkpoints, quiet), the shared `training`
     settings, the method's overrides and the run's seed. A bad field or value is a `UserError` naming the run."""
-    from psft.config import PSFTConfig
+    from psft.core.config import PSFTConfig
 
     settings = {
         "bf16": False,
@@ -631,7 +631,7 @@ def _execute_all(config: CompareConfig, todo: list, total: int, jobs: int, threa
 
 def load_report(out_dir: str | Path, reps: int | None = None) -> dict[str, Any]:
     """The report of what is in `out_dir` now: its planned runs (config.json), the finished ones and the summary."""
-    from psft.analysis import REPS, summarize
+    from psft.experiments.analysis import REPS, summarize
 
     out = Path(out_dir)
     path = out / "config.json"
@@ -679,15 +679,15 @@ def write_report(
     out_dir: str | Path, plots: bool = True, table: bool = True, reps: int | None = None
 ) -> dict[str, Any]:
     """Rebuild report.json and report.md (and the plots and terminal table) from the runs on disk; `reps`
-    bootstrap replicates (default `psft.analysis.REPS`)."""
-    from psft.report import render_markdown
+    bootstrap replicates (default `psft.experiments.analysis.REPS`)."""
+    from psft.experiments.report import render_markdown
 
     out = Path(out_dir)
     report = load_report(out, reps)
     _write_json(out / "report.json", report)
     written = []
     if plots and report["runs"]:
-        from psft.plots import plot_report
+        from psft.experiments.plots import plot_report
 
         written = plot_report(report, out)
     (out / "report.md").write_text(render_markdown(report, [p.name for p in written]))
@@ -706,7 +706,7 @@ def _pct(value: float | None) -> str:
 
 def print_table(report: dict[str, Any]) -> None:
     """Per setting, final metrics as mean [95% interval] over seeds; the columns are defined below it."""
-    from psft.report import COLUMNS, format_estimate
+    from psft.experiments.report import COLUMNS, format_estimate
 
     table = Table(title=f"psft compare: {report['finished']}/{report['planned']} runs finished")
     table.add_column("setting", justify="left")
@@ -718,10 +718,10 @@ def print_table(report: dict[str, Any]) -> None:
         table.add_row(escape(group["name"]), str(len(group["seeds"])), *cells)  # "sft[lr=...]" is not markup
     console_out = Console(width=max(140, Console().width))
     console_out.print(table)
-    from psft.report import COLUMN_HELP
+    from psft.experiments.report import COLUMN_HELP
 
     console_out.print(COLUMN_HELP)
-    from psft.report import format_claim
+    from psft.experiments.report import format_claim
 
     for claim in report["summary"].get("claims", []):
         console_out.print(f"claim: {escape(format_claim(claim))}")
@@ -893,13 +893,13 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
         )
     rl = None
     if args.rl:  # SFT->RL vs PSFT->RL: the same RL budget from each method's final model
-        from psft.rl import format_report, load_rl_config, run_rl_stage
+        from psft.stages.rl import format_report, load_rl_config, run_rl_stage
 
         rl = load_rl_config(args.rl, str(Path(config.output_dir) / "rl"))
         config.save_models = True
     dpo = None
     if args.dpo:  # SFT->DPO vs PSFT->DPO: the same DPO run from each method's final model
-        from psft.dpo import load_dpo_config
+        from psft.stages.dpo import load_dpo_config
 
         dpo = load_dpo_config(args.dpo, str(Path(config.output_dir) / "dpo"))
         config.save_models = True
@@ -923,7 +923,7 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
         )
         print(format_report(report))
     if dpo is not None:
-        from psft.dpo import run_after_compare
+        from psft.stages.dpo import run_after_compare
 
         run_after_compare(starts, dpo, **evaluation)
     return 0

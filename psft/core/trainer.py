@@ -1,6 +1,6 @@
 """`PSFTTrainer`: TRL's `SFTTrainer` with a registered per-token objective and PSFT's rollout schedule.
 
-The schedule (`../shared/PSFT.md` §2) is `psft.schedule.RolloutSchedule`, a pure function of the step; the
+The schedule (`../shared/PSFT.md` §2) is `psft.core.schedule.RolloutSchedule`, a pure function of the step; the
 trainer follows it in `get_batch_samples`, the hook where `transformers.Trainer` fetches one optimizer step's
 micro-batches. At the start of a rollout it fetches K optimizer steps' worth of micro-batches at once, computes
 the current model's per-token log-probs on them without gradient (the old policy), attaches them to the
@@ -8,7 +8,7 @@ micro-batches, and then hands the mini-batches out one optimizer step at a time.
 extra forward: its ratio is exactly 1, so its old log-probs are the detached current ones. Data order, gradient
 accumulation, clipping, the LR scheduler, logging and checkpointing stay the Trainer's own. The run's mutable
 state (rollout position, pending old log-probs, counters, reference fingerprint) is `self.run_state`
-(`psft.run_state.RunState`), saved in every checkpoint.
+(`psft.core.run_state.RunState`), saved in every checkpoint.
 
 The loss is the exact token-mean over every loss token of the optimizer step, across gradient-accumulation
 micro-batches and processes (verl's per-micro-batch mean is not).
@@ -38,15 +38,15 @@ from trl.models.utils import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import disable_dropout_in_model
 
 from psft._compat import check_versions, keep_hub_kernels_off
-from psft.config import LOSS_ALIASES, PSFTConfig, accelerator_available
+from psft.core.config import LOSS_ALIASES, PSFTConfig, accelerator_available
+from psft.core.guards import ReliabilityMixin
+from psft.core.logprobs import ensure_fused_head, label_log_probs, policy_forward
+from psft.core.losses import full_entropy, get_loss, label_log_probs_from_logits, token_mean
+from psft.core.reference import ReferenceSource, ReferenceTable, check_reference_vocabulary, next_token_logits
+from psft.core.run_state import RunState
+from psft.core.schedule import RolloutSchedule
+from psft.data.models import resolve_model_name
 from psft.errors import UserError
-from psft.logprobs import ensure_fused_head, label_log_probs, policy_forward
-from psft.losses import full_entropy, get_loss, label_log_probs_from_logits, token_mean
-from psft.models import resolve_model_name
-from psft.reference import ReferenceSource, ReferenceTable, check_reference_vocabulary, next_token_logits
-from psft.reliability import ReliabilityMixin
-from psft.run_state import RunState
-from psft.schedule import RolloutSchedule
 
 logger = logging.get_logger(__name__)
 
@@ -233,7 +233,7 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         return self._log_probs(self.model, micro_batch)
 
     def _log_probs(self, model: torch.nn.Module, micro_batch: dict[str, Any]) -> Tensor:
-        """Per-token log-probs of `model` on one micro-batch: exactly the training forward's (`psft.logprobs`), without
+        """Per-token log-probs of `model` on one micro-batch: exactly the training forward's (`psft.core.logprobs`), without
         gradient, in eval mode.
 
         `self.model`, not the DDP wrapper: accelerate puts its autocast on the module's own forward (which DDP only
@@ -529,7 +529,7 @@ def check_honoured_options(args: TrainingArguments, compute_loss_func: Any = Non
     if compute_loss_func is not None:
         raise UserError(
             "compute_loss_func is not supported by PSFTTrainer: register the objective with "
-            "psft.losses.register_loss and set loss_type to its name"
+            "psft.core.losses.register_loss and set loss_type to its name"
         )
     if args.label_smoothing_factor:
         raise UserError(

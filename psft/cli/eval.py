@@ -14,7 +14,7 @@ import importlib
 import json
 from pathlib import Path
 
-from psft.args import ArgumentParser
+from psft.cli.args import ArgumentParser
 from psft.errors import UserError
 
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(name: str, device: str):
     """Model and tokenizer from a checkpoint directory, ``psft/tiny-base`` or a hub id; UserError if none."""
-    from psft.models import is_hub_name, load_model, load_tokenizer, resolve_model_name
+    from psft.data.models import is_hub_name, load_model, load_tokenizer, resolve_model_name
 
     path = resolve_model_name(name)
     if not Path(path).is_dir() and not is_hub_name(path):
@@ -249,7 +249,7 @@ def main(argv: list[str]) -> int:
     """Entry point for `psft eval`."""
     import time
 
-    from psft.threads import configure_threads
+    from psft.core.threads import configure_threads
 
     args = build_parser().parse_args(argv)
     configure_threads(args.threads)

@@ -1,0 +1,1 @@
+"""The objective (loss registry), the rollout schedule, the trainer and its run state."""

@@ -1,0 +1,1 @@
+"""`psft compare` / `psft demo`: plan, runner, result store, report, statistics, plots, presets."""

@@ -1,0 +1,1 @@
+"""Stages after fine-tuning: RL (GRPO), DPO, their rewards, and the SFT->stage chain."""
