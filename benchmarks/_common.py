@@ -26,7 +26,8 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from psft import PSFTConfig, PSFTTrainer
-from psft.data.tiny import make_char_tokenizer, resolve_model_name
+from psft.data.models import resolve_model_name
+from psft.data.tiny import make_char_tokenizer
 from psft.errors import UserError
 
 TOKENIZER = make_char_tokenizer()  # only its pad id is used: the data is pre-tokenized

@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import SMOLLM2_ENV, make_model, median, setup_malloc, spread  # noqa: E402
 
+from psft.data.models import resolve_model_name
 from psft.data.sft import builtin_rows  # noqa: E402
-from psft.data.tiny import resolve_model_name  # noqa: E402
 from psft.eval.generate import evaluate_generation  # noqa: E402
 
 # the evaluation sets of the studies: `psft demo` on the tiny model (psft.experiments.plan), and the instruct-model

@@ -17,8 +17,8 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from psft.data.models import resolve_model_name
 from psft.data.sft import load_sft_dataset
-from psft.data.tiny import resolve_model_name
 
 
 def answer_log_probs(model, tokenizer, messages) -> tuple[torch.Tensor, torch.Tensor]:

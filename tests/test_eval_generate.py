@@ -164,7 +164,7 @@ def test_bad_records_name_the_file_line_and_field(tmp_path):
 def tiny_base():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from psft.data.tiny import resolve_model_name
+    from psft.data.models import resolve_model_name
 
     path = resolve_model_name("psft/tiny-base")
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

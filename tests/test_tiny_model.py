@@ -8,12 +8,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from psft.data.tiny import (
-    BUILTIN_MODEL_NAME,
-    builtin_model_path,
-    make_char_tokenizer,
-    resolve_model_name,
-)
+from psft.data.models import BUILTIN_MODEL_NAME, builtin_model_path, resolve_model_name
+from psft.data.tiny import make_char_tokenizer
 from psft.eval.checkers import get_checker
 from psft.eval.generate import generate as decode
 from psft.tasks import GENERAL_TASKS, IN_DOMAIN_TASK, generate

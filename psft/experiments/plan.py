@@ -222,7 +222,7 @@ class CompareConfig:
     def for_model(cls, **fields_: Any) -> CompareConfig:
         """A config whose unset fields suit its `model`: the tiny model's suite for `psft/tiny-base`,
         `INSTRUCT_DEFAULTS` for any other (a real instruct model)."""
-        from psft.data.tiny import BUILTIN_MODEL_NAME
+        from psft.data.models import BUILTIN_MODEL_NAME
 
         if fields_.get("model", BUILTIN_MODEL_NAME) != BUILTIN_MODEL_NAME:
             fields_ = {**copy.deepcopy(INSTRUCT_DEFAULTS), **fields_}
