@@ -33,7 +33,7 @@ from psft.data.sft import builtin_rows  # noqa: E402
 from psft.eval.generate import evaluate_generation  # noqa: E402
 
 # the evaluation sets of the studies: `psft demo` on the tiny model (psft.experiments.plan), and the instruct-model
-# defaults on SmolLM2 (psft.experiments.plan.INSTRUCT_DEFAULTS); max_new_tokens as there
+# defaults on SmolLM2 (psft.experiments.presets.INSTRUCT_DEFAULTS); max_new_tokens as there
 SETS = {
     "tiny": (["arith", "reverse", "upper", "add", "length", "json", "brackets"], 40),
     "smollm2": (["word_math", "trivia", "instruct", "add", "json"], 64),

@@ -1,4 +1,4 @@
-"""Where a study run's time goes on SmolLM2-135M-Instruct: one `psft compare` run (`psft.experiments.plan.run_method`,
+"""Where a study run's time goes on SmolLM2-135M-Instruct: one `psft compare` run (`psft.experiments.runner.run_method`,
 the instruct-model defaults: word problems in-domain; trivia, instruct, add, json out-of-domain; greedy, 64
 new tokens) with periodic evaluation, timed by part. Prints one JSON object.
 
@@ -32,7 +32,8 @@ from _common import SMOLLM2_ENV, setup_malloc  # noqa: E402
 
 import psft.eval.callback as callback  # noqa: E402
 from psft.core.trainer import PSFTTrainer  # noqa: E402
-from psft.experiments.plan import CompareConfig, _eval_records, run_method  # noqa: E402
+from psft.experiments.plan import CompareConfig
+from psft.experiments.runner import _eval_records, run_method
 
 TIMES: dict[str, list[float]] = defaultdict(list)
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from psft.core.threads import configure_threads
-from psft.experiments.plan import CompareConfig, _eval_records, full_preset, run_method
+from psft.experiments.plan import CompareConfig, full_preset
+from psft.experiments.runner import _eval_records, run_method
 
 
 def main() -> None:

@@ -463,12 +463,12 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_code_130(capfd):
 
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capfd, monkeypatch):
     """Not the user's doing: the traceback stays, then one line asking to report it; exit code 1."""
-    import psft.experiments.plan
+    import psft.cli.compare
 
     def broken(argv):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(psft.experiments.plan, "main", broken)
+    monkeypatch.setattr(psft.cli.compare, "main", broken)
     capfd.readouterr()
     assert main(["compare", "--config", "x.yaml"]) == 1
     err = capfd.readouterr().err

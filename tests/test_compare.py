@@ -8,12 +8,13 @@ import warnings
 import pytest
 import yaml
 
-import psft.experiments.plan as compare_module
+import psft.experiments.runner as compare_module
 from psft.cli import main
 from psft.errors import UserError
 from psft.experiments.analysis import estimate, frontier_at, seed_frontier, summarize, t_quantile
-from psft.experiments.plan import CompareConfig, compare, load_report, print_table
-from psft.experiments.report import format_estimate
+from psft.experiments.plan import CompareConfig
+from psft.experiments.report import format_estimate, load_report, print_table
+from psft.experiments.runner import compare
 
 
 def test_config_from_yaml_rejects_unknown_fields_and_the_old_seed_field(tmp_path):

@@ -14,7 +14,8 @@ from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 from psft.errors import UserError
 from psft.eval.checkers import get_checker, infer_checker
 from psft.eval.records import EvalRecord
-from psft.experiments.plan import INSTRUCT_DEFAULTS, CompareConfig
+from psft.experiments.plan import CompareConfig
+from psft.experiments.presets import INSTRUCT_DEFAULTS
 from psft.tasks import generate
 
 # SmolLM2-135M-Instruct's chat template, verbatim (ChatML in one line, a default system prompt, no markers)

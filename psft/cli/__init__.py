@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "evaluate a model: accuracy (avg@n, pass@n), lm-eval tasks, drift from its base",
     ),
     "compare": (
-        "psft.experiments.plan",
+        "psft.cli.compare",
         "run several methods on one config and report accuracy, entropy, drift, plots",
     ),
     "demo": (

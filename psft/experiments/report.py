@@ -4,7 +4,20 @@ verdicts, the plots with how to read them, and the claims table (also machine-re
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from psft.errors import UserError
+from psft.experiments.plan import CompareConfig
+from psft.experiments.store import _finished, _write_json, load_prompts
+
+console = Console(stderr=True, soft_wrap=True)
 
 # (metric key, column title, scale): accuracies in percent, the rest as they are
 COLUMNS = (
@@ -283,3 +296,81 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
                 f"| {c['test']} | {c['holds']} |"
             )
     return "\n".join(lines).rstrip() + "\n"
+
+
+def load_report(out_dir: str | Path, reps: int | None = None) -> dict[str, Any]:
+    """The report of what is in `out_dir` now: its planned runs (config.json), the finished ones and the summary."""
+    from psft.experiments.analysis import REPS, summarize
+
+    out = Path(out_dir)
+    path = out / "config.json"
+    if not path.is_file():
+        raise UserError(f"{out}: no config.json here; is it the output_dir of a `psft compare` run?")
+    config = CompareConfig(**json.loads(path.read_text()))
+    plan = config.runs()
+    results = []
+    for run in plan:
+        try:
+            result = _finished(out, config, run)
+        except UserError as err:
+            console.print(f"[yellow]skipped[/yellow] {escape(str(err))}")
+            continue
+        if result is not None:
+            results.append(result)
+    finished = {r["id"] for r in results}
+    return {
+        "config": asdict(config),
+        "planned": len(plan),
+        "finished": len(results),
+        "missing": [r["id"] for r in plan if r["id"] not in finished],
+        "runs": results,
+        "summary": summarize(results, config.reference(), load_prompts(out, results), reps or REPS),
+    }
+
+
+def write_report(
+    out_dir: str | Path, plots: bool = True, table: bool = True, reps: int | None = None
+) -> dict[str, Any]:
+    """Rebuild report.json and report.md (and the plots and terminal table) from the runs on disk; `reps`
+    bootstrap replicates (default `psft.experiments.analysis.REPS`)."""
+    from psft.experiments.report import render_markdown
+
+    out = Path(out_dir)
+    report = load_report(out, reps)
+    _write_json(out / "report.json", report)
+    written = []
+    if plots and report["runs"]:
+        from psft.experiments.plots import plot_report
+
+        written = plot_report(report, out)
+    (out / "report.md").write_text(render_markdown(report, [p.name for p in written]))
+    if table:
+        print_table(report)
+    return report
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """Per setting, final metrics as mean [95% interval] over seeds; the columns are defined below it."""
+    from psft.experiments.report import COLUMNS, format_estimate
+
+    table = Table(title=f"psft compare: {report['finished']}/{report['planned']} runs finished")
+    table.add_column("setting", justify="left")
+    table.add_column("seeds", justify="right")
+    for _, title, _ in COLUMNS:
+        table.add_column(title, justify="right")
+    for group in report["summary"]["groups"]:
+        cells = [format_estimate(group["metrics"][key], scale) for key, _, scale in COLUMNS]
+        table.add_row(escape(group["name"]), str(len(group["seeds"])), *cells)  # "sft[lr=...]" is not markup
+    console_out = Console(width=max(140, Console().width))
+    console_out.print(table)
+    from psft.experiments.report import COLUMN_HELP
+
+    console_out.print(COLUMN_HELP)
+    from psft.experiments.report import format_claim
+
+    for claim in report["summary"].get("claims", []):
+        console_out.print(f"claim: {escape(format_claim(claim))}")

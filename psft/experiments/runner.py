@@ -1,0 +1,240 @@
+"""Running a compare plan: each run trained with periodic evaluation (here or in worker processes), its record
+written the moment it ends, the report rebuilt as runs finish."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from psft.core.threads import choose_threads, configure_threads
+from psft.experiments.plan import CompareConfig, eval_schedule, training_arguments, validate_plan
+from psft.experiments.report import _pct, write_report
+from psft.experiments.store import PROMPTS, RESULT, _finished, _write_json, run_settings
+
+console = Console(stderr=True, soft_wrap=True)
+
+def _eval_records(config: CompareConfig) -> tuple[list[dict], list[dict]]:
+    """(in-domain records, out-of-domain records) from the test splits; drift is measured on the latter."""
+    from psft.data.sft import BUILTIN_PREFIX, BUILTIN_TEST_SIZE, is_builtin, load_sft_dataset
+    from psft.tasks import GENERAL_TASKS, generate, to_record
+
+    out_of_domain = config.out_of_domain or [f"psft/{task}" for task in GENERAL_TASKS]
+
+    def rows(names: list[str], group: str, size: int) -> list[dict]:
+        out = []
+        for name in names:
+            if is_builtin(name) and name != "psft/general" and size > BUILTIN_TEST_SIZE:
+                # generated tasks: as many distinct held-out problems as asked (the first 100 are the test split)
+                selected = [to_record(ex) for ex in generate(name[len(BUILTIN_PREFIX) :], size, split="test")]
+            else:
+                dataset = load_sft_dataset(name, split="test")
+                selected = list(dataset.select(range(min(size, len(dataset)))))
+            for row in selected:
+                out.append({**row, "task": row.get("task") or name, "group": group})
+        return out
+
+    ood_size = config.eval_size if config.ood_eval_size is None else config.ood_eval_size
+    return rows(config.in_domain, "in_domain", config.eval_size), rows(
+        out_of_domain, "out_of_domain", ood_size
+    )
+
+
+def _group_accuracy(logs: dict[str, float], tasks: list[str]) -> float | None:
+    values = [logs[f"gen/{t}/avg@1"] for t in tasks if f"gen/{t}/avg@1" in logs]
+    return sum(values) / len(values) if values else None
+
+
+def progress_callback(label: str):
+    """A TrainerCallback printing one line per tenth of the run: step / total, elapsed, ETA (evaluation time
+    included in the rate). Built here so that importing this module (for `--help`) does not import transformers."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def __init__(self):
+            self.start, self.last = 0.0, 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step, total = state.global_step, max(state.max_steps, 1)
+            if step - self.last < max(1, total // 10) and step != total:
+                return
+            self.last = step
+            elapsed = time.time() - self.start
+            console.print(
+                f"  {label}: step {step}/{total} ({100 * step / total:.0f}%), {_duration(elapsed)} elapsed, "
+                f"ETA {_duration(elapsed / step * (total - step))}"
+            )
+
+    return Progress()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def run_method(
+    config: CompareConfig, run: dict[str, Any], records: tuple, out_dir: Path, label: str = ""
+) -> dict[str, Any]:
+    """Train one run (a method at one sweep point and seed) with periodic evaluation; return its record."""
+    from datasets.utils.logging import disable_progress_bar
+    from transformers import PrinterCallback
+    from transformers.utils import logging as hf_logging
+
+    from psft.core.trainer import PSFTTrainer
+    from psft.data.models import load_model, load_tokenizer
+    from psft.data.sft import load_sft_dataset
+    from psft.data.validate import write_jsonl
+    from psft.eval.callback import EvalCallback
+    from psft.eval.checkers import infer_checker
+    from psft.eval.records import load_records, render_text
+
+    disable_progress_bar()  # per-run bars (tokenizing, loading weights) drown the progress lines
+    hf_logging.disable_progress_bar()
+    in_domain, general = records
+    args = training_arguments(config, run, out_dir)
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, config.dtype)
+    train = load_sft_dataset(config.train_data)
+    trainer = PSFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # raw log dicts every few steps; _Progress says what matters
+    trainer.add_callback(progress_callback(label or run["id"]))
+    steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _planned_steps(trainer)
+    evaluator = EvalCallback(
+        tokenizer,
+        eval_steps=eval_schedule(config, steps),
+        data=in_domain + general,
+        heldout=in_domain,  # held-out in-domain demonstrations: the fit the matched comparisons match on
+        drift_texts=[render_text(tokenizer, row) for row in general],
+        # one big batch: on a CPU a decoding step costs about the same for 1 or 256 prompts of a tiny model
+        generation_kwargs={
+            "max_new_tokens": config.max_new_tokens,
+            "batch_size": 256,
+            "checker": config.checker or infer_checker(load_records(in_domain + general)),
+        },
+    ).attach(trainer)
+    start, cpu = time.time(), time.process_time()
+    trainer.train()
+    runtime, cpu = time.time() - start, time.process_time() - cpu
+    if config.save_models:
+        trainer.save_model(str(out_dir))
+    in_tasks = sorted({r["task"] for r in in_domain})
+    out_tasks = sorted({r["task"] for r in general})
+    curves, evals = [], []
+    for entry in trainer.state.log_history:
+        if "nll" in entry:
+            curves.append({k: v for k, v in entry.items() if isinstance(v, (int, float))})
+        if any(k.startswith("gen/") for k in entry):
+            evals.append(
+                {
+                    "step": entry["step"],
+                    "in_domain": _group_accuracy(entry, in_tasks),
+                    "out_of_domain": _group_accuracy(entry, out_tasks),
+                    "drift_kl": entry.get("drift/kl"),
+                    "heldout_nll": entry.get("heldout/nll"),
+                    "tasks": {t: entry.get(f"gen/{t}/avg@1") for t in in_tasks + out_tasks},
+                }
+            )
+    groups = {r["task"]: r["group"] for r in in_domain + general}
+    write_jsonl(
+        [{**e, "group": [groups.get(t) for t in e.get("task", [])]} for e in evaluator.prompt_results],
+        out_dir / PROMPTS,
+    )
+    return {
+        **{k: run[k] for k in ("id", "name", "method", "point", "seed", "overrides")},
+        "settings": run_settings(config, run),
+        "curves": curves,
+        "evals": evals,
+        "steps": trainer.state.global_step,
+        "train_s": round(runtime - evaluator.seconds, 1),  # training alone
+        "eval_s": round(evaluator.seconds, 1),  # periodic evaluation (generation, held-out NLL and drift)
+        "train_cpu_s": round(cpu - evaluator.cpu_seconds, 1),  # the same in CPU time (a busy machine inflates
+        "eval_cpu_s": round(evaluator.cpu_seconds, 1),  # wall time, not CPU time)
+    }
+
+
+def _planned_steps(trainer) -> int:
+    dataloader = trainer.get_train_dataloader()
+    accumulation = trainer.args.gradient_accumulation_steps
+    per_epoch = max(1, -(-len(dataloader) // accumulation)) * trainer.args.rollout_epochs
+    return int(per_epoch * trainer.args.num_train_epochs)
+
+
+def _execute(config: CompareConfig, run: dict[str, Any], label: str, threads: int | None) -> dict[str, Any]:
+    """Train one run and write its `result.json` at once (in the worker, so a later crash loses nothing)."""
+    if threads:  # one worker of `--jobs`: its share of the CPUs, chosen and announced by the parent
+        configure_threads(threads, announce=False)
+    out_dir = Path(config.output_dir) / run["id"]
+    result = run_method(config, run, _eval_records(config), out_dir, label)
+    _write_json(out_dir / RESULT, result)
+    return result
+
+
+def compare(config: CompareConfig, jobs: int = 1) -> dict[str, Any]:
+    """Run every planned run not already finished in `config.output_dir` (each writes its `result.json` when it
+    ends), `jobs` at a time, then write the report, the table and the plots. Returns the report."""
+    plan = validate_plan(config)  # before anything is written or trained
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {run["id"] for run in plan if _finished(out, config, run) is not None}  # refuses changed settings
+    _write_json(out / "config.json", asdict(config))  # only then: `--report` reads the plan from it
+    todo = [(index, run) for index, run in enumerate(plan, start=1) if run["id"] not in done]
+    settings = len({r["name"] for r in plan})
+    console.print(
+        f"[bold]psft compare[/bold]: {len(plan)} runs ({settings} settings x {len(config.seeds)} seed(s)) into "
+        f"{out}" + (f"; {len(done)} already finished there, reused" if done else "")
+    )
+    jobs = max(1, min(jobs, len(todo) or 1))
+    threads = None
+    if jobs > 1:
+        threads, reason = choose_threads(None, jobs)
+        console.print(f"running {jobs} runs side by side, {threads} torch thread(s) each ({reason})")
+    elif todo:
+        configure_threads()
+    start, finished = time.time(), 0
+    for result in _execute_all(config, todo, len(plan), jobs, threads):
+        finished += 1
+        final = result["evals"][-1] if result["evals"] else {}
+        left = len(todo) - finished
+        eta = (time.time() - start) / finished * left  # wall time per finished run already counts the jobs
+        console.print(
+            f"[bold]finished[/bold] {result['id']} ({finished}/{len(todo)}): training {result['train_s']}s, "
+            f"evaluation {result['eval_s']}s; in-domain {_pct(final.get('in_domain'))}, out-of-domain "
+            f"{_pct(final.get('out_of_domain'))}" + (f"; {left} to go, ETA {_duration(eta)}" if left else "")
+        )
+        # what is there so far, in case the rest never finishes (fewer bootstrap replicates: it is redone at the end)
+        write_report(out, plots=False, table=False, reps=200)
+    report = write_report(out)
+    console.print(
+        f"[bold]done[/bold]: {report['finished']}/{report['planned']} runs in {_duration(time.time() - start)}; "
+        f"report {out / 'report.md'} (and report.json), plots {out}/*.png, runs {out}/<run>/result.json"
+    )
+    return report
+
+
+def _execute_all(config: CompareConfig, todo: list, total: int, jobs: int, threads: int | None):
+    """Yield each run's record as it finishes: in this process, or `jobs` worker processes side by side."""
+    labels = {run["id"]: f"run {index}/{total} {run['id']}" for index, run in todo}
+    if jobs == 1:
+        for _, run in todo:
+            console.print(f"[bold]{labels[run['id']]}[/bold]: {escape(str(run['overrides']))}")
+            yield _execute(config, run, labels[run["id"]], threads)
+        return
+    # spawn, not fork: the parent may hold torch/OpenMP thread pools that a forked child must not inherit
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_execute, config, run, labels[run["id"]], threads) for _, run in todo]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise

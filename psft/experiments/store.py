@@ -1,0 +1,77 @@
+"""Each run's record on disk: `<output_dir>/<run>/result.json`, written atomically when the run ends and
+reused by a re-run only with the same settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from psft.errors import UserError
+from psft.experiments.plan import CompareConfig
+
+EVAL_FORMAT = "log-spaced evaluations, per-prompt results, held-out NLL (psft 25)"
+
+
+PROMPTS = "prompts.jsonl"  # per run: one line per evaluation with every prompt's result (psft.eval.callback)
+
+
+def run_settings(config: CompareConfig, run: dict[str, Any]) -> dict[str, Any]:
+    """Everything that decides a run's result: a finished run is reused only if these are unchanged."""
+    keys = ("model", "train_data", "in_domain", "out_of_domain", "eval_size", "ood_eval_size", "eval_every")
+    # runs finished before per-prompt results and log-spaced evaluations differ in `schedule`: not reused
+    return {
+        **{k: getattr(config, k) for k in keys},
+        "max_new_tokens": config.max_new_tokens,
+        "training": config.training,
+        "overrides": run["overrides"],
+        "seed": run["seed"],
+        "schedule": EVAL_FORMAT,
+    }
+
+
+RESULT = "result.json"  # each run's record, in its directory, written as soon as the run finishes
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write through a temporary file and rename: a kill mid-write never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _finished(out: Path, config: CompareConfig, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's record if it finished with the same settings; None if not there; an error if it differs."""
+    path = out / run["id"] / RESULT
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path}: unreadable ({err}); delete it to rerun that run") from None
+    expected = run_settings(config, run)
+    recorded = result.get("settings", {})
+    if recorded != expected:
+        changed = sorted(k for k in set(expected) | set(recorded) if expected.get(k) != recorded.get(k))
+        raise UserError(
+            f"{path}: finished with other settings ({', '.join(changed)}); use another --output_dir or delete "
+            "that run directory to rerun it"
+        )
+    return result
+
+
+def load_prompts(out: Path, results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per finished run, the per-prompt results of its evaluations (its prompts.jsonl; runs without one are
+    left out and the report resamples seeds only)."""
+    prompts = {}
+    for result in results:
+        path = out / result["id"] / PROMPTS
+        if path.is_file():
+            try:
+                prompts[result["id"]] = [json.loads(line) for line in path.read_text().splitlines() if line]
+            except ValueError as err:
+                raise UserError(
+                    f"{path}: unreadable ({err}); delete that run directory to rerun it"
+                ) from None
+    return prompts
