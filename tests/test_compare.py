@@ -11,7 +11,8 @@ import yaml
 import psft.experiments.runner as compare_module
 from psft.cli import main
 from psft.errors import UserError
-from psft.experiments.analysis import estimate, frontier_at, seed_frontier, summarize, t_quantile
+from psft.experiments.analysis import summarize
+from psft.experiments.estimates import estimate, frontier_at, seed_frontier, t_quantile
 from psft.experiments.plan import CompareConfig
 from psft.experiments.report import format_estimate, load_report, print_table
 from psft.experiments.runner import compare

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from psft.experiments.analysis import estimate
+from psft.experiments.estimates import estimate
 
 STYLES = ("-", "--", ":", "-.")
 

@@ -300,7 +300,8 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
 
 def load_report(out_dir: str | Path, reps: int | None = None) -> dict[str, Any]:
     """The report of what is in `out_dir` now: its planned runs (config.json), the finished ones and the summary."""
-    from psft.experiments.analysis import REPS, summarize
+    from psft.experiments.analysis import summarize
+    from psft.experiments.estimates import REPS
 
     out = Path(out_dir)
     path = out / "config.json"
@@ -332,7 +333,7 @@ def write_report(
     out_dir: str | Path, plots: bool = True, table: bool = True, reps: int | None = None
 ) -> dict[str, Any]:
     """Rebuild report.json and report.md (and the plots and terminal table) from the runs on disk; `reps`
-    bootstrap replicates (default `psft.experiments.analysis.REPS`)."""
+    bootstrap replicates (default `psft.experiments.estimates.REPS`)."""
     from psft.experiments.report import render_markdown
 
     out = Path(out_dir)
