@@ -12,18 +12,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from psft.cli import main
+from psft.data.preference import load_preference_dataset
 from psft.data.validate import write_jsonl
 from psft.errors import UserError
 from psft.eval.checkers import get_checker
 from psft.stages.chain import format_report
-from psft.stages.dpo import (
-    load_preference_dataset,
-    pair_log_probs,
-    preference_metrics,
-    run_dpo,
-    run_dpo_stage,
-    tokenize_pair,
-)
+from psft.stages.dpo import run_dpo, run_dpo_stage
+from psft.stages.preference_eval import pair_log_probs, preference_metrics, tokenize_pair
 from psft.tasks import PREFERENCE_TASKS, generate
 from psft.tasks.preference import WRAPPERS, unwrap
 
@@ -282,7 +277,7 @@ def test_cli_runs_dpo_from_a_yaml(tmp_path, tiny_model_dir):
 
 
 def test_example_config_parses():
-    from psft.stages.dpo import load_dpo_config
+    from psft.cli.dpo import load_dpo_config
 
     dpo_args_, config = load_dpo_config("examples/dpo-tiny.yaml", "unused")
     assert dpo_args_.dataset_name == "psft/pref" and dpo_args_.base_model == "psft/tiny-base"
@@ -369,7 +364,7 @@ def test_cli_trains_a_lora_adapter_with_dpo(tmp_path, tiny_model_dir):
 
 
 def test_probe_without_a_base_is_reference_free_and_after_dpo_also_measures_against_the_start(tiny_model_dir):
-    from psft.stages.dpo import PreferenceProbe
+    from psft.stages.preference_eval import PreferenceProbe
 
     rows = pairs_rows(6)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

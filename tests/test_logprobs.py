@@ -149,7 +149,7 @@ def test_the_training_forward_is_the_old_and_reference_pass_bit_for_bit(name):
 
 
 def test_dpo_sequence_log_probs_are_the_label_log_probs_summed_bit_for_bit():
-    from psft.stages.dpo import pair_log_probs, tokenize_pair
+    from psft.stages.preference_eval import pair_log_probs, tokenize_pair
 
     model, tokenizer = char_model("llama")
     rows = [

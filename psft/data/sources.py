@@ -1,6 +1,6 @@
 """One resolver of data names: a built-in task (`psft/<task>`), a local .json/.jsonl/.parquet file or a hub dataset.
 
-Every loader of data (`psft.data.sft.load_sft_dataset`, `psft.stages.dpo.load_preference_dataset`, `psft.stages.rl.load_rl_dataset`,
+Every loader of data (`psft.data.sft.load_sft_dataset`, `psft.data.preference.load_preference_dataset`, `psft.stages.rl.load_rl_dataset`,
 `psft.stages.chain.load_data_rows`, `psft.eval.records.load_rows`) asks `resolve_source` what a name is and reads files
 and hub datasets with `read_dataset`, so a name means the same and fails with the same message everywhere. What
 each loader does with the rows (checking a format, normalising to prompt + reference) stays with it.
