@@ -28,29 +28,23 @@ from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list
-from datasets import Dataset
 from torch import Tensor
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
+from psft._compat import can_mark_skipped, set_step_skipped
 from psft.core.checkpoint import (
-    STAGING_PREFIX,
     acquire_lock,
     check_run_meaning,
     data_fingerprint,
     last_complete_checkpoint,
-    publish,
     release_lock,
-    remove_staging,
     resolve_resume,
     restore_old_log_probs,
     run_meaning,
-    save_run_meaning,
-    write_manifest,
 )
 from psft.core.run_state import Preempted, RunState
-from psft.data.sft import check_chat_template, validate_records
+from psft.data.sft import check_chat_template
 from psft.data.templates import resolve_template_path
 from psft.errors import UserError
 
@@ -94,42 +88,6 @@ class ReliabilityMixin:
             # applied (and patched if needed) above: TRL must not re-read the unpatched file over it
             args.chat_template_path = None
 
-    # ---------------------------------------------------------------------- data
-    def _prepare_dataset(
-        self,
-        dataset: Any,
-        processing_class: Any,
-        args: Any,
-        packing: bool,
-        formatting_func: Any,
-        dataset_name: str,
-    ) -> Any:
-        """Validate raw records first; after tokenisation, refuse (or count) records truncation emptied."""
-        skip = args.skip_invalid_records
-        source = f"{dataset_name} dataset"
-        if formatting_func is None:
-            dataset = validate_records(dataset, source, args.dataset_text_field, skip)
-        before = len(dataset) if isinstance(dataset, Dataset) else None
-        prepared = super()._prepare_dataset(
-            dataset, processing_class, args, packing, formatting_func, dataset_name
-        )
-        if before is None or packing or args.max_length is None or not isinstance(prepared, Dataset):
-            return prepared
-        dropped = before - len(prepared)
-        if dropped:
-            message = (
-                f"{source}: {dropped} of {before} records have no loss token left after truncation to "
-                f"max_length={args.max_length}"
-            )
-            if not skip:
-                raise UserError(
-                    f"{message}; raise max_length, set truncation_mode='keep_end', or set "
-                    "skip_invalid_records=true to drop them"
-                )
-            logger.warning(f"{message}: skipped (skip_invalid_records)")
-        if len(prepared) == 0:
-            raise UserError(f"{source}: no record is left to train on")
-        return prepared
 
     # ------------------------------------------------------------------ numerics
     def training_step(
@@ -140,11 +98,6 @@ class ReliabilityMixin:
         self._step_loss_finite = finite if self._step_loss_finite is None else self._step_loss_finite & finite
         return loss
 
-    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
-        """Called once per optimizer step just before `optimizer.step()`: the place to veto the step."""
-        grad_norm = super()._get_grad_norm(model, grad_norm)
-        self._skip_if_nonfinite(model, grad_norm)
-        return grad_norm
 
     def _skip_if_nonfinite(self, model: torch.nn.Module, grad_norm: Any) -> None:
         run = self.run_state  # the counters are checkpointed: the limit holds across resumes
@@ -179,9 +132,9 @@ class ReliabilityMixin:
                     "(its gradient was finite); lower learning_rate, check the data, or train in float32"
                 )
             return skipped
-        optimizer = getattr(self.optimizer, "_is_overflow", None) is not None and self.optimizer
+        optimizer = can_mark_skipped(self.optimizer) and self.optimizer
         if optimizer:
-            optimizer._is_overflow = False  # set by the previous skipped step, read by the LR scheduler step
+            set_step_skipped(optimizer, False)  # set by the previous skipped step, read by the LR scheduler step
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor; c10d collectives take plain tensors only
             grad_norm = grad_norm.full_tensor()
         ok = torch.isfinite(torch.as_tensor(grad_norm, dtype=torch.float32, device=self.args.device)).all()
@@ -192,7 +145,7 @@ class ReliabilityMixin:
         for parameter in model.parameters():
             parameter.grad = None  # AdamW skips parameters without a gradient entirely
         if optimizer:
-            optimizer._is_overflow = True  # `accelerator.optimizer_step_was_skipped`: no LR scheduler step
+            set_step_skipped(optimizer, True)  # `accelerator.optimizer_step_was_skipped`: no LR scheduler step
         return True
 
     def _any_process(self, flag: Tensor) -> bool:
@@ -289,42 +242,6 @@ class ReliabilityMixin:
         restored = restore_old_log_probs(mini_batches, state, state["source"])
         device = self.args.device
         return [[None if t is None else t.to(device) for t in row] for row in restored]
-
-    def _get_output_dir(self, trial: Any) -> str:
-        return self._staging_dir or super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """The Trainer's checkpoint plus the run state, written to a staging folder and renamed when complete."""
-        run_dir = super()._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging = os.path.join(run_dir, STAGING_PREFIX + name)
-        if self.args.should_save:
-            remove_staging(run_dir)
-        self.accelerator.wait_for_everyone()
-        self._staging_dir = staging
-        try:
-            super()._save_checkpoint(model, trial)
-            self.run_state.save(os.path.join(staging, name), self.args.process_index, self.state.global_step)
-        finally:
-            self._staging_dir = None
-        self.accelerator.wait_for_everyone()
-        final = os.path.join(run_dir, name)
-        best = self.state.best_model_checkpoint
-        if best is not None and best.startswith(staging):  # the Trainer saw the staged path
-            self.state.best_model_checkpoint = final
-            if self.args.should_save:
-                self.state.save_to_json(os.path.join(staging, name, "trainer_state.json"))
-        if self.args.should_save:
-            save_run_meaning(os.path.join(staging, name), self._run_meaning())
-            write_manifest(os.path.join(staging, name))  # last: marks the checkpoint complete
-            publish(os.path.join(staging, name), final)
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
-        self.accelerator.wait_for_everyone()
 
 
 class _StopOnSigterm(TrainerCallback):

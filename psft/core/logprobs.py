@@ -28,6 +28,8 @@ from torch import Tensor
 from transformers import PretrainedConfig
 from trl.trainer.utils import add_fused_lm_head
 
+from psft._compat import has_fused_head
+
 
 def head_scaling(config: PretrainedConfig) -> tuple[float | None, float]:
     """`(final_logit_softcapping, logit_scale)` of a model's LM head: logits are `scale * h @ W.T`, then
@@ -51,12 +53,8 @@ def ensure_fused_head(model: torch.nn.Module) -> None:
     SFTTrainer, DPOTrainer or GRPOTrainer prepared do; a model fresh from `from_pretrained` does not. Detects
     TRL 1.16's patch by its function (`_fused_forward`, kept under `functools.wraps` and accelerate's wrappers)."""
     causal_lm = model.get_base_model() if is_peft_model(model) else model
-    forward = getattr(causal_lm.forward, "__func__", causal_lm.forward)
-    while forward is not None:
-        if getattr(getattr(forward, "__code__", None), "co_name", "") == "_fused_forward":
-            return
-        forward = getattr(forward, "__wrapped__", None)
-    add_fused_lm_head(causal_lm)
+    if not has_fused_head(causal_lm.forward):  # TRL's `_fused_forward` (psft._compat.FUSED_FORWARD)
+        add_fused_lm_head(causal_lm)
 
 
 def policy_forward(model: torch.nn.Module, inputs: dict[str, Any]) -> Any:
@@ -130,3 +128,9 @@ def next_token_log_softmax(
 def token_entropy(log_probs: Tensor) -> Tensor:
     """Entropy (nats) of each distribution given as log-probs over the last dimension: -sum p log p."""
     return -(log_probs.exp() * log_probs).sum(-1)
+
+
+OLD_LOG_PROBS = "old_log_probs"
+
+
+REF_LOG_PROBS = "ref_log_probs"

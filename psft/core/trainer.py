@@ -40,7 +40,14 @@ from trl.trainer.utils import disable_dropout_in_model
 from psft._compat import check_versions, keep_hub_kernels_off
 from psft.core.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.core.guards import ReliabilityMixin
-from psft.core.logprobs import ensure_fused_head, label_log_probs, policy_forward
+from psft.core.hooks import UpstreamHooks
+from psft.core.logprobs import (
+    OLD_LOG_PROBS,
+    REF_LOG_PROBS,
+    ensure_fused_head,
+    label_log_probs,
+    policy_forward,
+)
 from psft.core.losses import full_entropy, get_loss, label_log_probs_from_logits, token_mean
 from psft.core.reference import ReferenceSource, ReferenceTable, check_reference_vocabulary, next_token_logits
 from psft.core.run_state import RunState
@@ -50,8 +57,6 @@ from psft.errors import UserError
 
 logger = logging.get_logger(__name__)
 
-OLD_LOG_PROBS = "old_log_probs"
-REF_LOG_PROBS = "ref_log_probs"
 # next-token logits (batch, seq, vocab) of the model and the reference (objectives needing the distribution)
 LOGITS, REF_LOGITS = "logits", "ref_logits"
 REFERENCE_FILE = "reference_log_probs.pt"
@@ -78,7 +83,7 @@ def _to_psft_config(args: TrainingArguments | None, model: Any) -> PSFTConfig:
     return PSFTConfig(**values)
 
 
-class PSFTTrainer(ReliabilityMixin, SFTTrainer):
+class PSFTTrainer(ReliabilityMixin, UpstreamHooks, SFTTrainer):
     """Drop-in for `trl.SFTTrainer` training with `args.loss_type` (default `"psft"`) on PSFT's schedule.
 
     Everything SFTTrainer does (dataset formats, chat templates, completion-only and assistant-only loss,
@@ -126,40 +131,6 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
         self._sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._ratio_max = torch.full((), -math.inf, device=self.args.device)
 
-    # ------------------------------------------------------------------ schedule
-    def set_initial_training_values(self, args: TrainingArguments, dataloader: Any) -> tuple:
-        """With `rollout_epochs` E > 1 each mini-batch is used E times: scale the Trainer's step counts."""
-        if has_length(dataloader) and len(dataloader) == 0:
-            raise UserError(
-                "the training data is smaller than one batch of per_device_train_batch_size x processes with "
-                "dataloader_drop_last=true: add data, lower per_device_train_batch_size, or set "
-                "dataloader_drop_last=false"
-            )
-        values = super().set_initial_training_values(args, dataloader)
-        self.schedule = self._make_schedule(values[1], values[6])
-        if has_length(dataloader):
-            _warn_if_rollouts_are_cut(self.args, values[1])
-        epochs = self.args.rollout_epochs
-        if epochs == 1 or not has_length(dataloader):
-            return values
-        num_train_epochs, updates_per_epoch, num_examples, num_samples, total_batch, _, max_steps = values
-        updates_per_epoch *= epochs
-        # every mini-batch is padded to full gradient accumulation (see `_next_rollout`)
-        steps_in_epoch = updates_per_epoch * args.gradient_accumulation_steps
-        if args.max_steps > 0:
-            num_train_epochs = math.ceil(max_steps / updates_per_epoch)
-        else:
-            max_steps = math.ceil(args.num_train_epochs * updates_per_epoch)
-        self.schedule = self._make_schedule(updates_per_epoch, max_steps)
-        return (
-            num_train_epochs,
-            updates_per_epoch,
-            num_examples,
-            num_samples,
-            total_batch,
-            steps_in_epoch,
-            max_steps,
-        )
 
     def _make_schedule(self, updates_per_epoch: int, max_steps: int = 0) -> RolloutSchedule:
         args = self.args
@@ -171,18 +142,6 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             max_steps=max(max_steps, 0),
         )
 
-    def get_batch_samples(
-        self, epoch_iterator: Any, num_batches: int, device: torch.device
-    ) -> tuple[list, Any]:
-        """One optimizer step's micro-batches, drawn from the current rollout (a new one where the schedule
-        says; also after a resume, so refreshes fall where they would have without the interruption)."""
-        run = self.run_state
-        if epoch_iterator is not self._rollout_iterator:  # a new epoch starts a new rollout
-            self._rollout_iterator, run.pending = epoch_iterator, []
-        if not run.pending:
-            run.pending = self._next_rollout(epoch_iterator)
-        batch_samples = run.pending.pop(0) if run.pending else []
-        return batch_samples, self._count_loss_tokens(batch_samples, device)
 
     def _in_warmup(self) -> bool:
         return self.schedule.in_warmup(self.state.global_step)
@@ -254,16 +213,6 @@ class PSFTTrainer(ReliabilityMixin, SFTTrainer):
             return autocast_if_enabled(self.model_wrapped)
         return contextlib.nullcontext()
 
-    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The Trainer's, except that attached old/reference log-probs stay float32. Under DeepSpeed,
-        `Trainer._prepare_input` (transformers 5.23-5.24) casts every floating input to the engine's dtype, which in
-        bf16 would round them (ratio off by up to ~1.5% on an unchanged model)."""
-        attached = {k: inputs[k] for k in (OLD_LOG_PROBS, REF_LOG_PROBS) if k in inputs}
-        if not attached:
-            return super()._prepare_inputs(inputs)
-        prepared = super()._prepare_inputs({k: v for k, v in inputs.items() if k not in attached})
-        prepared.update({k: v.to(self.args.device) for k, v in attached.items()})
-        return prepared
 
     # ----------------------------------------------------------------- reference
     def _reference_mode(self) -> str:
@@ -578,20 +527,6 @@ def _model_parallel_sizes(args: TrainingArguments) -> dict[str, int]:
             value = os.environ.get(f"PARALLELISM_CONFIG_{name.upper()}")
         sizes[name] = int(value or 1)
     return sizes
-
-
-def _warn_if_rollouts_are_cut(args: PSFTConfig, updates_per_epoch: int) -> None:
-    """An epoch shorter than a rollout cuts every rollout to fewer than K steps (at the epoch's end), so the
-    trust region has fewer steps to act on; with one step per epoch PSFT is SFT."""
-    k = args.mini_batches_per_rollout
-    partial = args.rollout_epochs == 1 and updates_per_epoch < k
-    if partial and args.needs_old_log_probs and args.old_policy == "rollout":
-        logger.warning(
-            f"one epoch is {updates_per_epoch} optimizer steps, fewer than mini_batches_per_rollout={k}: rollouts "
-            f"are cut at each epoch's end to {updates_per_epoch} steps"
-            + (" (every ratio is 1: this is SFT)" if updates_per_epoch == 1 else "")
-            + "; lower mini_batches_per_rollout or the batch size to get K steps per rollout"
-        )
 
 
 DROPOUT_NOTE = (
