@@ -19,7 +19,7 @@ from torch.distributed.tensor import DTensor
 from trainer_support import NaNAt, make_trainer, prompt_completion_data
 from transformers import TrainerCallback
 
-from psft.core.trainer import REFERENCE_FILE
+from psft.core.reference import REFERENCE_FILE
 
 
 def engine_in_use(trainer) -> str:

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from trainer_support import TOKENIZER, common_args, make_trainer, prompt_completion_data
 
 from psft import PSFTConfig, PSFTTrainer
-from psft.core.checkpoint import MANIFEST, RUN_FILE, checkpoint_problem, resolve_resume, write_manifest
+from psft.core.checkpoint import MANIFEST, checkpoint_problem, resolve_resume, write_manifest
+from psft.core.run_meaning import RUN_FILE
 from psft.data.tiny import make_tiny_llama
 from psft.errors import UserError
 

@@ -18,7 +18,7 @@ from test_reliability_numerics import NaNAt
 from trainer_support import TOKENIZER, make_trainer, prompt_completion_data
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from psft.core.checkpoint import LOCK_FILE, acquire_lock, release_lock
+from psft.core.lock import LOCK_FILE, acquire_lock, release_lock
 from psft.core.reference import ReferenceTable
 from psft.core.run_state import RunState
 from psft.core.schedule import RolloutSchedule

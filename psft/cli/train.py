@@ -19,9 +19,10 @@ from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, g
 
 from psft.cli.args import config_parser, parse_config_and_flags
 from psft.cli.help import show_help
-from psft.core.checkpoint import check_run_meaning, last_complete_checkpoint, resolve_resume, run_meaning
+from psft.core.checkpoint import last_complete_checkpoint, resolve_resume
 from psft.core.config import PSFTConfig
 from psft.core.engines import check_engine
+from psft.core.run_meaning import check_run_meaning, run_meaning
 from psft.data.models import BUILTIN_MODEL_NAME, check_hub_model, load_tokenizer, resolve_model_name
 from psft.data.sft import (
     BUILTIN_PREFIX,

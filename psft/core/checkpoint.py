@@ -24,21 +24,16 @@ a lock whose process is gone is stale and taken over.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
-import socket
 import struct
-import time
 from typing import Any
 
 import torch
-from datasets import Dataset
 from transformers.utils import logging
 
 from psft.errors import UserError
@@ -46,24 +41,8 @@ from psft.errors import UserError
 logger = logging.get_logger(__name__)
 
 STAGING_PREFIX = "tmp-"
-LOCK_FILE = "psft.lock"
-RUN_FILE = "psft_run.json"
 MANIFEST = "psft_complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# PSFTConfig fields that fix what a run computes (besides the objective's own hyperparameters)
-MEANING_FIELDS = (
-    "loss_type",
-    "mini_batches_per_rollout",
-    "rollout_epochs",
-    "old_policy",
-    "sft_warmup_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "seed",
-    "data_seed",
-    "completion_only_loss",
-    "assistant_only_loss",
-)
 
 
 def fingerprint(micro_batch: dict[str, Any]) -> str:
@@ -133,90 +112,6 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------- meaning of a run
-def run_meaning(args: Any, data: str | None) -> dict[str, Any]:
-    """What fixes the meaning of a run with `args` (a `PSFTConfig`) on data with fingerprint `data`."""
-    from psft.core.losses import get_loss
-
-    names = MEANING_FIELDS + get_loss(args.loss_type).hparams
-    meaning = {name: getattr(args, name) for name in names}
-    meaning["world_size"] = args.world_size
-    meaning["data"] = data
-    return meaning
-
-
-def save_run_meaning(directory: str, meaning: dict[str, Any]) -> None:
-    with open(os.path.join(directory, RUN_FILE), "w") as f:
-        json.dump(meaning, f, indent=1, sort_keys=True)
-
-
-def check_run_meaning(checkpoint: str, meaning: dict[str, Any]) -> None:
-    """Refuse to resume `checkpoint` with a run that means something else; silent for checkpoints without
-    a record (written by other tools)."""
-    path = os.path.join(checkpoint, RUN_FILE)
-    if not os.path.isfile(path):
-        logger.warning(f"{checkpoint} has no {RUN_FILE}: cannot check that the resumed run means the same")
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    names = set(saved) | set(meaning)
-    # the objective and schedule first (a changed loss_type explains changed hyperparameters), the data last
-    order = (
-        [n for n in MEANING_FIELDS if n in names] + sorted(names - set(MEANING_FIELDS) - {"data"}) + ["data"]
-    )
-    for name in order:
-        before, now = saved.get(name), meaning.get(name)
-        if before == now or (name == "data" and None in (before, now)):  # streaming data has no fingerprint
-            continue
-        if name == "data":
-            raise UserError(
-                f"resume_from_checkpoint: {checkpoint} was trained on other data (tokenised data fingerprint "
-                f"{before[:12]}, this run's is {now[:12]}): same dataset, tokenizer and max_length are needed"
-            )
-        raise UserError(
-            f"resume_from_checkpoint: {checkpoint} was saved with {name}={before!r}, this run has {name}={now!r}; "
-            "resume with the same value or start a new run in another output_dir"
-        )
-
-
-def data_fingerprint(dataset: Any) -> str | None:
-    """A hash of a map-style dataset's contents in order: its numeric columns (tokens, labels, masks: what
-    training reads), or every column if it has none. None for a streaming dataset, which cannot be read here
-    without consuming it. About 0.6 s per 20M tokens on one CPU core."""
-    if not isinstance(dataset, Dataset):
-        return None
-    numeric = [name for name, feature in dataset.features.items() if _is_numeric(feature)]
-    columns = sorted(numeric or dataset.column_names)
-    digest = hashlib.sha1(f"{len(dataset)}:{columns}".encode())
-    for table in dataset.select_columns(columns).with_format("arrow").iter(batch_size=10_000):
-        for name in columns:
-            _hash_arrow(digest, table[name].combine_chunks())
-    return digest.hexdigest()
-
-
-def _is_numeric(feature: Any) -> bool:
-    """Whether a `datasets` feature is a number or a (nested) list of numbers."""
-    inner = getattr(feature, "feature", None)
-    if inner is not None:
-        return _is_numeric(inner)
-    dtype = getattr(feature, "dtype", "")
-    return isinstance(dtype, str) and dtype.startswith(("int", "uint", "float", "bool"))
-
-
-def _hash_arrow(digest: Any, array: Any) -> None:
-    """Hash an Arrow array by value (independent of chunking and slicing offsets)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
-        _hash_arrow(digest, pc.list_value_length(array).fill_null(-1))
-        _hash_arrow(digest, pc.list_flatten(array))
-    elif (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)) and array.null_count == 0:
-        digest.update(array.to_numpy(zero_copy_only=False).tobytes())
-    else:  # text, structs, nulls: raw columns that the collator leaves alone
-        digest.update(json.dumps(array.to_pylist(), sort_keys=True, default=str).encode())
 
 
 # ------------------------------------------------------------------------------- completeness and recovery
@@ -347,75 +242,3 @@ def _fallback(run_dir: str, bad: str) -> str:
     return "; there is no other complete checkpoint in " + run_dir
 
 
-# ---------------------------------------------------------------------------------------------------- lock
-def acquire_lock(run_dir: str) -> str:
-    """Claim `run_dir` for this run (`psft.lock`, holding this process's pid and host), or refuse with one line
-    when another live run holds it. A lock whose process is gone (a crash, a SIGKILL) on this host is stale and
-    taken over; one from another host cannot be checked and is refused with how to clear it. Returns the path."""
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, LOCK_FILE)
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(3):  # another process may take over a stale lock between our checks
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _lock_holder(path)
-            if holder is None and _age(path) > 30:  # left empty by a process that died while taking it
-                holder = {"pid": -1, "host": socket.gethostname()}
-            if holder is None or _alive(holder):
-                who = "a run being set up" if holder is None else f"pid {holder['pid']} on {holder['host']}"
-                raise UserError(
-                    f"output_dir {run_dir} is in use by another run ({who}, {path}): wait for it to finish or use "
-                    f"another output_dir (delete {path} if that run is gone)"
-                ) from None
-            logger.warning(f"{path}: taking over the lock of pid {holder['pid']}, which no longer runs")
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return path
-    raise UserError(f"output_dir {run_dir}: could not take {path}; another run is starting there")
-
-
-def release_lock(path: str) -> None:
-    """Remove the lock if it is still this process's."""
-    holder = _lock_holder(path)
-    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-
-
-def _lock_holder(path: str) -> dict[str, Any] | None:
-    """The lock's {pid, host}; None while it is being written (empty) or unreadable."""
-    try:
-        with open(path) as f:
-            holder = json.load(f)
-    except FileNotFoundError:
-        return {"pid": -1, "host": socket.gethostname()}  # removed meanwhile: stale, retry
-    except ValueError:
-        return None
-    return holder if isinstance(holder, dict) and "pid" in holder and "host" in holder else None
-
-
-def _age(path: str) -> float:
-    try:
-        return time.time() - os.path.getmtime(path)
-    except FileNotFoundError:
-        return math.inf
-
-
-def _alive(holder: dict[str, Any]) -> bool:
-    """Whether the lock's process runs (always assumed for another host, which cannot be checked)."""
-    if holder["host"] != socket.gethostname():
-        return True
-    pid = int(holder["pid"])
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True

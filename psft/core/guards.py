@@ -33,16 +33,9 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from psft._compat import can_mark_skipped, set_step_skipped
-from psft.core.checkpoint import (
-    acquire_lock,
-    check_run_meaning,
-    data_fingerprint,
-    last_complete_checkpoint,
-    release_lock,
-    resolve_resume,
-    restore_old_log_probs,
-    run_meaning,
-)
+from psft.core.checkpoint import last_complete_checkpoint, resolve_resume, restore_old_log_probs
+from psft.core.lock import acquire_lock, release_lock
+from psft.core.run_meaning import check_run_meaning, data_fingerprint, run_meaning
 from psft.core.run_state import Preempted, RunState
 from psft.data.sft import check_chat_template
 from psft.data.templates import resolve_template_path
@@ -229,7 +222,7 @@ class ReliabilityMixin:
         return self._any_process(torch.tensor(self._sigterm))
 
     def _run_meaning(self) -> dict[str, Any]:
-        """What fixes this run's meaning (`psft.core.checkpoint.run_meaning`), the data hashed once per run."""
+        """What fixes this run's meaning (`psft.core.run_meaning.run_meaning`), the data hashed once per run."""
         if self._meaning is None:
             self._meaning = run_meaning(self.args, data_fingerprint(self.train_dataset))
         return self._meaning

@@ -17,9 +17,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate
 from transformers.utils import logging
 
 from psft._compat import check_hooks, training_values
-from psft.core.checkpoint import STAGING_PREFIX, publish, remove_staging, save_run_meaning, write_manifest
+from psft.core.checkpoint import STAGING_PREFIX, publish, remove_staging, write_manifest
 from psft.core.config import PSFTConfig
 from psft.core.logprobs import OLD_LOG_PROBS, REF_LOG_PROBS
+from psft.core.run_meaning import save_run_meaning
 from psft.data.sft import validate_records
 from psft.errors import UserError
 

@@ -12,7 +12,9 @@ table another run wrote there is refused.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,11 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import gather_object, is_peft_model
+from rich.progress import track
 from torch import Tensor
+from torch.utils.data import DataLoader
+from transformers.trainer_utils import has_length
+from transformers.utils import logging
+from trl.models.utils import prepare_deepspeed, prepare_fsdp
 
-from psft.core.logprobs import label_log_probs
+from psft.core.logprobs import OLD_LOG_PROBS, REF_LOG_PROBS, ensure_fused_head, label_log_probs
 from psft.errors import UserError
+
+logger = logging.get_logger(__name__)
 
 
 def _targets(batch: dict[str, Tensor]) -> Tensor:
@@ -171,3 +180,139 @@ def check_reference_vocabulary(reference: torch.nn.Module, model: torch.nn.Modul
             f"the reference model's vocabulary ({theirs} tokens) differs from the trained model's ({ours}): set "
             "reference to 'copy' (a frozen copy of the starting model) or 'adapter' (PEFT), not another model"
         )
+
+
+REFERENCE_FILE = "reference_log_probs.pt"
+
+
+class ReferencePolicy:
+    """."""
+
+    # ----------------------------------------------------------------- reference
+    def _reference_mode(self) -> str:
+        """`args.reference` with "auto" resolved, checked against the model."""
+        mode = self.args.reference
+        peft = is_peft_model(self.model)
+        if mode == "auto":
+            # the table stores label log-probs only; the whole distribution needs a live reference
+            mode = "adapter" if peft else "copy" if self.args.needs_reference_logits else "precompute"
+        if mode == "precompute" and self.args.needs_reference_logits:
+            raise UserError(
+                f"reference='precompute' stores only the reference's label log-probs, but loss_type="
+                f"{self.args.loss_type!r} needs its whole next-token distribution: set reference to 'copy' (or "
+                "'adapter' with a PEFT model, or 'auto')"
+            )
+        if mode == "adapter" and not peft:
+            raise UserError(
+                "reference='adapter' needs a PEFT model (pass peft_config); use 'precompute' or 'copy'"
+            )
+        return mode
+
+    def _frozen_copy(self) -> torch.nn.Module:
+        model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        # TRL's fused head closes over the original model's forward: without it, the copy's plain forward (the whole
+        # distribution, `asft`) would run the trained model. Patch the copy afresh.
+        model.__dict__.pop("forward", None)
+        ensure_fused_head(model)
+        model.requires_grad_(False)
+        return model.eval()
+
+    def _prepared_reference_copy(self) -> torch.nn.Module:
+        """The frozen copy, wrapped like the trained model (autocast, FSDP2 sharding, DeepSpeed) on first use, so
+        that its pass computes what the training forward would with the initial parameters."""
+        if not getattr(self._ref_model, "_psft_prepared", False):
+            if self.is_deepspeed_enabled:
+                self._ref_engine = prepare_deepspeed(self._ref_model, self.accelerator)  # keeps its hooks alive
+                self._ref_model = self._ref_engine.module
+            elif self.is_fsdp_enabled:
+                self._ref_model = prepare_fsdp(self._ref_model, self.accelerator)
+            else:
+                self._ref_model = self.accelerator.prepare_model(self._ref_model, evaluation_mode=True)
+            self._ref_model._psft_prepared = True
+        return self._ref_model
+
+    def _reference_log_probs(self, micro_batch: dict[str, Any]) -> Tensor:
+        """The reference (initial) model's per-token log-probs on one micro-batch."""
+        if self.reference in ("adapter", "copy"):
+            inputs = self._prepare_inputs(micro_batch)
+            inputs = {k: v for k, v in inputs.items() if k not in (OLD_LOG_PROBS, REF_LOG_PROBS)}
+            with self.compute_loss_context_manager(), self._engine_forward_context():
+                return self._reference_source().label_log_probs(inputs)
+        if self._ref_table is None:
+            self._ref_table = self._build_reference_table()
+        return self._ref_table.lookup(micro_batch)
+
+    def _build_reference_table(self) -> ReferenceTable:
+        """One pass of the initial model over the training data, before its first update: each process scores a
+        contiguous shard, then every process gets the merged table. Saved in output_dir so that a resumed run (whose
+        model is no longer the initial one) can load it; its fingerprint goes into the run state (every checkpoint),
+        so a resume with a table another run wrote is refused."""
+        path = Path(self.args.output_dir) / REFERENCE_FILE
+        if self.state.global_step > 0:
+            return self._load_reference_table(path)
+        if not has_length(self.train_dataset):
+            raise UserError("reference='precompute' needs a sized training dataset; use 'adapter' or 'copy'")
+        dataset = self._remove_unused_columns(self.train_dataset, description="reference")
+        processes, index = self.accelerator.num_processes, self.accelerator.process_index
+        batch_size = self.args.per_device_train_batch_size
+        # Every process runs the same number of forwards, whatever its shard's size (65 records on 2 processes:
+        # 33 and 32): FSDP2 and ZeRO-3 gather parameters in each forward, a collective that every process must
+        # join. A process whose shard is done scores a filler batch and discards it.
+        forwards = math.ceil(math.ceil(len(dataset) / processes) / batch_size)
+        filler = self.data_collator([dataset[0]])
+        if processes > 1:
+            dataset = dataset.shard(num_shards=processes, index=index, contiguous=True)
+        batches = iter(DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator))
+        table = ReferenceTable()
+        for _ in track(
+            range(forwards), description="Reference log-probs", disable=not self.is_world_process_zero()
+        ):
+            batch = next(batches, None)
+            inputs = self._prepare_inputs(filler if batch is None else batch)
+            log_probs = self._log_probs(self.model, inputs)
+            if batch is not None:
+                table.add(inputs, log_probs)
+        if processes > 1:
+            shards = gather_object([table.rows])  # every process's shard, on every process
+            table = ReferenceTable()
+            for rows in shards:
+                table.update(rows)
+        self.run_state.reference = self._describe_reference(table)
+        if self.is_world_process_zero():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.save(path)
+        return table
+
+    def _describe_reference(self, table: ReferenceTable) -> dict[str, str]:
+        """What a checkpoint records about the reference table: its fingerprint and what it was made from."""
+        model = self.accelerator.unwrap_model(self.model)
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        return {
+            "table": table.fingerprint(),
+            "rows": str(len(table)),
+            "model": str(getattr(model.config, "_name_or_path", "")),
+            "tokenizer": f"{getattr(tokenizer, 'name_or_path', '')} ({len(tokenizer) if tokenizer else 0} tokens)",
+            "data": str(self._run_meaning()["data"]),
+        }
+
+    def _load_reference_table(self, path: Path) -> ReferenceTable:
+        """A resumed run's reference table: the one this run made, checked against the checkpoint's record."""
+        if not path.is_file():
+            raise UserError(f"resuming needs the initial model's reference log-probs, missing at {path}")
+        logger.info(f"Loading reference log-probs from {path}")
+        table = ReferenceTable.load(path)
+        saved = self.run_state.reference
+        if saved is None:
+            logger.warning(
+                f"the checkpoint records no reference table: cannot check that {path} is this run's"
+            )
+            return table
+        found = table.fingerprint()
+        if found != saved["table"]:
+            raise UserError(
+                f"resume_from_checkpoint: {path} is not this run's reference table (fingerprint {found[:12]}, the "
+                f"checkpoint's is {saved['table'][:12]}, made from {saved['model']} on data {saved['data'][:12]}): "
+                "another run wrote it into output_dir; put this run's table back or start afresh in another "
+                "output_dir"
+            )
+        return table
