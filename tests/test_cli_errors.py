@@ -517,7 +517,7 @@ def test_a_parallelism_config_object_with_context_parallelism_is_refused():
     from accelerate.parallelism_config import ParallelismConfig
 
     from psft.core.config import PSFTConfig
-    from psft.core.trainer import check_honoured_options
+    from psft.core.guards import check_honoured_options
     from psft.errors import UserError
 
     args = PSFTConfig(output_dir="unused", use_cpu=True, report_to="none")

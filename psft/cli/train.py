@@ -143,8 +143,9 @@ def load_datasets(
 
 def main(argv: list[str]) -> int:
     """Parse, load data and model, train, save the final model to `output_dir`."""
+    from psft.core.guards import check_honoured_options
     from psft.core.threads import configure_threads
-    from psft.core.trainer import PSFTTrainer, check_honoured_options
+    from psft.core.trainer import PSFTTrainer
 
     if show_help(argv, make_parser(), USAGE):
         return 0

@@ -30,7 +30,7 @@ check_hooks()  # every contract of psft._compat.HOOKS, before any hook below can
 
 
 class UpstreamHooks:
-    """Every override of a private transformers / TRL hook, in one class (UpstreamHooks)."""
+    """Every override of a private transformers / TRL hook (their contracts: `psft._compat.HOOKS`)."""
 
     # ---------------------------------------------------------------------- data
     # TRL 1.16 SFTTrainer._prepare_dataset(dataset, processing_class, args, packing, formatting_func,
@@ -134,29 +134,25 @@ class UpstreamHooks:
                 "dataloader_drop_last=false"
             )
         values = training_values(super().set_initial_training_values(args, dataloader))
-        self.schedule = self._make_schedule(values.updates_per_epoch, values[6])
+        self.schedule = self._make_schedule(values.updates_per_epoch, values.max_steps)
         if has_length(dataloader):
             _warn_if_rollouts_are_cut(self.args, values.updates_per_epoch)
         epochs = self.args.rollout_epochs
         if epochs == 1 or not has_length(dataloader):
             return values
-        num_train_epochs, updates_per_epoch, num_examples, num_samples, total_batch, _, max_steps = values
-        updates_per_epoch *= epochs
-        # every mini-batch is padded to full gradient accumulation (see `_next_rollout`)
-        steps_in_epoch = updates_per_epoch * args.gradient_accumulation_steps
+        updates_per_epoch = values.updates_per_epoch * epochs
+        num_train_epochs, max_steps = values.num_train_epochs, values.max_steps
         if args.max_steps > 0:
             num_train_epochs = math.ceil(max_steps / updates_per_epoch)
         else:
             max_steps = math.ceil(args.num_train_epochs * updates_per_epoch)
         self.schedule = self._make_schedule(updates_per_epoch, max_steps)
-        return (
-            num_train_epochs,
-            updates_per_epoch,
-            num_examples,
-            num_samples,
-            total_batch,
-            steps_in_epoch,
-            max_steps,
+        return values._replace(
+            num_train_epochs=num_train_epochs,
+            updates_per_epoch=updates_per_epoch,
+            # every mini-batch is padded to full gradient accumulation (see `_next_rollout`)
+            steps_in_epoch=updates_per_epoch * args.gradient_accumulation_steps,
+            max_steps=max_steps,
         )
 
     # transformers 5.24 Trainer.get_batch_samples(epoch_iterator, num_batches, device): called once per

@@ -32,7 +32,7 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from psft._compat import check_versions, keep_hub_kernels_off
 from psft.core.config import LOSS_ALIASES, PSFTConfig, accelerator_available
-from psft.core.guards import ReliabilityMixin
+from psft.core.guards import ReliabilityMixin, check_honoured_options
 from psft.core.hooks import UpstreamHooks
 from psft.core.logprobs import (
     OLD_LOG_PROBS,
@@ -339,63 +339,6 @@ class PSFTTrainer(ReliabilityMixin, ReferencePolicy, UpstreamHooks, SFTTrainer):
             self._sums.clear()
             self._ratio_max.fill_(-math.inf)
         super().log(logs, start_time)
-
-
-def check_honoured_options(args: TrainingArguments, compute_loss_func: Any = None) -> None:
-    """Refuse options that `SFTTrainer` honours but `PSFTTrainer`'s loss does not: silently ignoring them
-    would train something other than what was asked."""
-    if compute_loss_func is not None:
-        raise UserError(
-            "compute_loss_func is not supported by PSFTTrainer: register the objective with "
-            "psft.core.losses.register_loss and set loss_type to its name"
-        )
-    if args.label_smoothing_factor:
-        raise UserError(
-            f"label_smoothing_factor={args.label_smoothing_factor} is not supported by PSFTTrainer (its objectives "
-            "are per-token log-prob functions); set it to 0"
-        )
-    if not args.average_tokens_across_devices:
-        raise UserError(
-            "average_tokens_across_devices=false is not supported: PSFTTrainer always divides by the loss tokens of "
-            "the whole optimizer step across processes; remove the option"
-        )
-    if getattr(args, "use_liger_kernel", False):
-        raise UserError(
-            "use_liger_kernel=true is not supported: Liger replaces the model's forward and loss, and PSFTTrainer's "
-            "objectives need the per-token log-probs of TRL's fused LM head; remove the option"
-        )
-    padding_free = getattr(args, "padding_free", False)
-    if padding_free and getattr(args, "packing", False) and args.packing_strategy == "wrapped":
-        raise UserError(
-            "padding_free=true with packing_strategy=wrapped is not supported: wrapped rows cut sequences, so the "
-            "flattened positions would restart mid-sequence; use packing_strategy bfd (padding-free already) or "
-            "padding_free=false"
-        )
-    if padding_free and not args.packing and args.max_length is not None:
-        raise UserError(  # TRL's SFTTrainer refuses it too, but only after the model has loaded
-            f"padding_free=true without packing does not cut sequences to max_length={args.max_length}; set "
-            "max_length: null, or packing: true (bfd packing is padding-free)"
-        )
-    for name, size in _model_parallel_sizes(args).items():
-        if size > 1:
-            raise UserError(
-                f"parallelism_config {name}={size} is not supported: PSFTTrainer's per-token log-probs, old-policy "
-                "table and token means need every process to hold whole sequences and the whole vocabulary; use "
-                "data parallelism (DDP, FSDP or DeepSpeed ZeRO) with tp_size=cp_size=sp_size=1"
-            )
-
-
-def _model_parallel_sizes(args: TrainingArguments) -> dict[str, int]:
-    """tp/cp/sp sizes asked for through `parallelism_config` (a field or, from `accelerate launch
-    --parallelism_config_*`, the environment, which accelerate reads when `ACCELERATE_USE_PARALLELISM_CONFIG`)."""
-    config = getattr(args, "parallelism_config", None)
-    sizes = {}
-    for name in ("tp_size", "cp_size", "sp_size"):
-        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
-        if config is None and os.environ.get("ACCELERATE_USE_PARALLELISM_CONFIG", "").lower() == "true":
-            value = os.environ.get(f"PARALLELISM_CONFIG_{name.upper()}")
-        sizes[name] = int(value or 1)
-    return sizes
 
 
 DROPOUT_NOTE = (

@@ -3,15 +3,14 @@ reward margins and accuracy against a reference model (PreferenceProbe, for the 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
-import trl
 from datasets import Dataset
 from trl import DPOConfig
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from psft._compat import check_hooks
 from psft.core.logprobs import ensure_fused_head, label_log_probs
 from psft.data.models import load_model, load_tokenizer
 from psft.errors import UserError
@@ -30,7 +29,7 @@ def tokenize_pairs(
 
     Contract with TRL 1.16 (a private method, called unbound): `_prepare_dataset(self, dataset,
     processing_class, args, dataset_name)` reads only `self._tokenizer` (its EOS) and `args.dataset_num_proc`,
-    `args.max_length`, `args.truncation_mode`, and needs no trained model; checked here by its signature so that
+    `args.max_length`, `args.truncation_mode`, and needs no trained model; its signature is checked (`psft._compat.HOOKS`) so that
     an upstream change fails loudly instead of scoring other tokens than DPO trains on."""
     from types import SimpleNamespace
 
@@ -39,13 +38,8 @@ def tokenize_pairs(
 
     if not rows:
         return []
+    check_hooks()  # psft._compat.HOOKS["trl.DPOTrainer._prepare_dataset"]: one line naming the supported range
     prepare = DPOTrainer._prepare_dataset
-    expected = ["self", "dataset", "processing_class", "args", "dataset_name"]
-    if list(inspect.signature(prepare).parameters) != expected:
-        raise RuntimeError(
-            "psft's preference metrics rely on DPOTrainer._prepare_dataset of TRL 1.16 (arguments "
-            f"{expected}); this TRL ({trl.__version__}) changed it: install trl==1.16"
-        )
     args = SimpleNamespace(dataset_num_proc=None, max_length=max_length, truncation_mode=truncation_mode)
     columns = [c for c in ("prompt", "chosen", "rejected", "tools", "chat_template_kwargs") if c in rows[0]]
     dataset = Dataset.from_list([{c: row[c] for c in columns} for row in rows])
