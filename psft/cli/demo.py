@@ -1,4 +1,4 @@
-"""`psft demo`: `psft compare` on the built-in tiny model and task suite (see psft.experiments.plan)."""
+"""`psft demo`: `psft compare` on the built-in tiny model and task suite (psft.cli.compare, psft.experiments)."""
 
 from psft.cli.compare import demo_main as main
 
