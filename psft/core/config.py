@@ -229,6 +229,8 @@ class PSFTConfig(SFTConfig):
             raise UserError(f"reference must be auto, precompute, adapter or copy, got {self.reference!r}")
         if self.sft_warmup_steps < 0:
             raise UserError(f"sft_warmup_steps must be >= 0, got {self.sft_warmup_steps}")
+        if self.max_length is not None and self.max_length < 2:  # a loss token needs a token before it
+            raise UserError(f"max_length must be >= 2 (or null: no truncation), got {self.max_length}")
         if self.sft_warmup_steps > 0 and self.rollout_epochs > 1:
             raise UserError("sft_warmup_steps and rollout_epochs > 1 cannot be combined; set one of them")
         if self.max_nonfinite_steps < 1:
