@@ -101,8 +101,8 @@ def losses_table() -> str:
 
 
 def config_reference() -> str:
-    from psft.experiments.plan import CompareConfig
     from psft.core.config import PSFTConfig
+    from psft.experiments.plan import CompareConfig
     from psft.stages.dpo import DPOArguments
     from psft.stages.rl import RLArguments, RLConfig
 
