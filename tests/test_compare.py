@@ -401,11 +401,12 @@ def test_demo_quick_end_to_end_writes_a_well_formed_report_and_plots(tmp_path, c
     assert "step 12/12" in captured.err
 
 
-def test_readme_compare_examples_exist_and_parse():
+def test_documented_compare_examples_exist_and_parse():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    paths = re.findall(r"psft compare --config (examples/\S+)", (root / "README.md").read_text())
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    paths = {p for page in pages for p in re.findall(r"psft compare --config (examples/\S+)", page.read_text())}
     assert "examples/compare.yaml" in paths
     for path in paths:
         assert len(CompareConfig.from_yaml(str(root / path)).runs()) == 18
