@@ -81,6 +81,17 @@ LOGITS_CHUNK_ELEMENTS = 1 << 24
 """Logits scored at a time by default (positions x vocabulary, float32: 64 MB)."""
 
 
+def next_token_logits(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[Tensor, Any]:
+    """`model`'s plain forward (not TRL's fused head) on `inputs` without their labels: `(logits, output)` with the
+    logits `(batch, seq - 1, vocab)` of each next-token target (`(batch, seq, vocab)` for `shift_labels`), in the
+    model's dtype. One path for the trained model and the reference where the whole distribution is needed
+    (`asft`, `eaft`); it builds the full logits, as a plain `transformers` forward does."""
+    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+    output = model(**kwargs, use_cache=False)
+    logits = output.logits
+    return (logits if "shift_labels" in inputs else logits[:, :-1]), output
+
+
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     """The causal LM inside `model` (a PEFT model's base, LoRA layers included)."""
     return model.get_base_model() if is_peft_model(model) else model

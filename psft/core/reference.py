@@ -30,7 +30,13 @@ from transformers.trainer_utils import has_length
 from transformers.utils import logging
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
 
-from psft.core.logprobs import OLD_LOG_PROBS, REF_LOG_PROBS, ensure_fused_head, label_log_probs
+from psft.core.logprobs import (
+    OLD_LOG_PROBS,
+    REF_LOG_PROBS,
+    ensure_fused_head,
+    label_log_probs,
+    next_token_logits,
+)
 from psft.errors import UserError
 
 logger = logging.get_logger(__name__)
@@ -120,17 +126,6 @@ class ReferenceTable:
 
 
 # ------------------------------------------------------------------ live reference (whole distribution)
-def next_token_logits(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[Tensor, Any]:
-    """`model`'s plain forward (not TRL's fused head) on `inputs` without their labels: `(logits, output)` with the
-    logits `(batch, seq - 1, vocab)` of each next-token target (`(batch, seq, vocab)` for `shift_labels`), in the
-    model's dtype. One path for the trained model and the reference where the whole distribution is needed
-    (`asft`, `eaft`); it builds the full logits, as a plain `transformers` forward does."""
-    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
-    output = model(**kwargs, use_cache=False)
-    logits = output.logits
-    return (logits if "shift_labels" in inputs else logits[:, :-1]), output
-
-
 def vocabulary_size(model: torch.nn.Module) -> int:
     """Rows of `model`'s next-token distribution (its text config's `vocab_size`, kept up to date by
     `resize_token_embeddings`)."""

@@ -38,6 +38,7 @@ from psft.core.logprobs import (
     OLD_LOG_PROBS,
     REF_LOG_PROBS,
     label_log_probs,
+    next_token_logits,
     policy_forward,
 )
 from psft.core.losses import full_entropy, get_loss, label_log_probs_from_logits, token_mean
@@ -46,7 +47,6 @@ from psft.core.reference import (
     ReferenceSource,
     ReferenceTable,
     check_reference_vocabulary,
-    next_token_logits,
 )
 from psft.core.run_state import RunState
 from psft.core.schedule import RolloutSchedule
