@@ -278,7 +278,7 @@ def _safe(name: str) -> str:
 
 
 def full_preset() -> CompareConfig:
-    """The research preset: every registered baseline over its own learning-rate grid, five seeds, 155
+    """The research preset: every registered baseline over its own learning-rate grid, five seeds, 220
     in-domain prompts and 100 per out-of-domain task, log-spaced evaluations."""
     return CompareConfig(
         methods=[copy.deepcopy(m) for m in FULL_METHODS],

@@ -19,7 +19,10 @@ PROMPTS = "prompts.jsonl"  # per run: one line per evaluation with every prompt'
 def run_settings(config: CompareConfig, run: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides a run's result: a finished run is reused only if these are unchanged."""
     keys = ("model", "train_data", "in_domain", "out_of_domain", "eval_size", "ood_eval_size", "eval_every")
-    # runs finished before per-prompt results and log-spaced evaluations differ in `schedule`: not reused
+    from psft.tasks.base import TASKS_VERSION
+
+    # runs finished before per-prompt results and log-spaced evaluations differ in `schedule`, runs on an older
+    # version of the built-in tasks (another split) in `tasks`: neither is reused
     return {
         **{k: getattr(config, k) for k in keys},
         "max_new_tokens": config.max_new_tokens,
@@ -27,6 +30,7 @@ def run_settings(config: CompareConfig, run: dict[str, Any]) -> dict[str, Any]:
         "overrides": run["overrides"],
         "seed": run["seed"],
         "schedule": EVAL_FORMAT,
+        "tasks": TASKS_VERSION,
     }
 
 
