@@ -1,5 +1,5 @@
-"""Tables of the README and the docs that quote committed reports are generated, never typed: each sits between
-`<!-- generated: results-table REPORT.json -->` and `<!-- /generated -->`, and `python docs/gen_tables.py`
+"""Tables and claims of the README and the docs that quote committed reports are generated, never typed: each
+sits between `<!-- generated: KIND REPORT.json -->` (KIND: results-table or claims) and `<!-- /generated -->`, and `python docs/gen_tables.py`
 rewrites every such block from its report (tests/test_readme.py fails when one differs from its report)."""
 
 from __future__ import annotations
@@ -34,7 +34,26 @@ def results_table(report_path: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-GENERATORS = {"results-table": results_table}
+VERDICT_ORDER = ("holds", "does not hold", "not resolved")
+
+
+def claims(report_path: str) -> str:
+    """The claims of a report.json in its own words (psft.experiments.report.format_claim), those that hold first;
+    a claim that does not hold or is not resolved says so. A report without claims (one seed) says that."""
+    from psft.experiments.report import format_claim
+
+    report = json.loads((ROOT / report_path).read_text())
+    rows = report["summary"].get("claims") or []
+    finished, planned = report["finished"], report["planned"]
+    head = f"From `{report_path}` ({finished} of {planned} planned runs finished):\n\n"
+    if not rows:
+        return head + "- no claims: the report has too few seeds to test any\n"
+    rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
+    ordered = sorted(rows, key=lambda c: rank.get(c["holds"], len(rank)))
+    return head + "".join(f"- {format_claim(c)}\n" for c in ordered)
+
+
+GENERATORS = {"results-table": results_table, "claims": claims}
 
 
 def regenerate(text: str) -> str:
