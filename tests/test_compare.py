@@ -16,6 +16,7 @@ from psft.experiments.estimates import estimate, frontier_at, seed_frontier, t_q
 from psft.experiments.plan import CompareConfig
 from psft.experiments.report import format_estimate, load_report, print_table
 from psft.experiments.runner import compare
+from psft.experiments.store import PLAIN_PROMPTS, read_prompts, write_prompts
 
 
 def test_config_from_yaml_rejects_unknown_fields_and_the_old_seed_field(tmp_path):
@@ -368,9 +369,8 @@ def test_demo_quick_end_to_end_writes_a_well_formed_report_and_plots(tmp_path, c
         assert (tmp_path / png).stat().st_size > 1000
     # per-prompt results of every evaluation, in each run's directory
     for run in report["runs"]:
-        lines = [
-            json.loads(line) for line in (tmp_path / run["id"] / "prompts.jsonl").read_text().splitlines()
-        ]
+        assert not (tmp_path / run["id"] / "prompts.jsonl").exists()  # gzipped only
+        lines = read_prompts(tmp_path / run["id"])
         assert [e["step"] for e in lines] == [0, 12]
         first = lines[0]
         assert len(first["id"]) == len(first["correct"]) == 8 * 7 and first["id"][0] == "arith:0"
@@ -406,7 +406,9 @@ def test_documented_compare_examples_exist_and_parse():
 
     root = Path(__file__).resolve().parents[1]
     pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
-    paths = {p for page in pages for p in re.findall(r"psft compare --config (examples/\S+)", page.read_text())}
+    paths = {
+        p for page in pages for p in re.findall(r"psft compare --config (examples/\S+)", page.read_text())
+    }
     assert "examples/compare.yaml" in paths
     for path in paths:
         assert len(CompareConfig.from_yaml(str(root / path)).runs()) == 18
@@ -560,3 +562,23 @@ def test_quick_says_what_it_leaves_out_and_honours_seeds_given_on_the_command_li
 def test_an_unknown_option_is_named_before_a_missing_config(argv, expected, capsys):
     assert main(argv) == 2
     assert expected in _one_line(capsys, argv[0])
+
+
+def test_prompts_are_gzipped_deterministically_and_old_plain_files_still_read(tmp_path):
+    """A run's per-prompt results are gzipped (same rows, same bytes: committable); a run written before keeps
+    its plain prompts.jsonl, still read; a damaged file is one line naming it."""
+    rows = [
+        {"step": 0, "id": ["arith:0"], "correct": [1.0]},
+        {"step": 2, "id": ["arith:0"], "correct": [0.0]},
+    ]
+    first = write_prompts(rows, tmp_path / "a").read_bytes()
+    assert write_prompts(rows, tmp_path / "b").read_bytes() == first
+    assert read_prompts(tmp_path / "a") == rows
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / PLAIN_PROMPTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_prompts(old) == rows
+    assert read_prompts(tmp_path) is None
+    (tmp_path / "a" / "prompts.jsonl.gz").write_bytes(first[: len(first) // 2])
+    with pytest.raises(UserError, match=r"prompts.jsonl.gz: unreadable"):
+        read_prompts(tmp_path / "a")

@@ -16,9 +16,10 @@ from rich.markup import escape
 from psft.core.threads import choose_threads, configure_threads
 from psft.experiments.plan import CompareConfig, eval_schedule, training_arguments, validate_plan
 from psft.experiments.report import _pct, write_report
-from psft.experiments.store import PROMPTS, RESULT, _finished, _write_json, run_settings
+from psft.experiments.store import RESULT, _finished, _write_json, run_settings, write_prompts
 
 console = Console(stderr=True, soft_wrap=True)
+
 
 def _eval_records(config: CompareConfig) -> tuple[list[dict], list[dict]]:
     """(in-domain records, out-of-domain records) from the test splits; drift is measured on the latter."""
@@ -93,7 +94,6 @@ def run_method(
     from psft.core.trainer import PSFTTrainer
     from psft.data.models import load_model, load_tokenizer
     from psft.data.sft import load_sft_dataset
-    from psft.data.validate import write_jsonl
     from psft.eval.callback import EvalCallback
     from psft.eval.checkers import infer_checker
     from psft.eval.records import load_records, render_text
@@ -145,9 +145,9 @@ def run_method(
                 }
             )
     groups = {r["task"]: r["group"] for r in in_domain + general}
-    write_jsonl(
+    write_prompts(
         [{**e, "group": [groups.get(t) for t in e.get("task", [])]} for e in evaluator.prompt_results],
-        out_dir / PROMPTS,
+        out_dir,
     )
     return {
         **{k: run[k] for k in ("id", "name", "method", "point", "seed", "overrides")},

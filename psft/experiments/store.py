@@ -3,6 +3,7 @@ reused by a re-run only with the same settings."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,11 @@ from psft.experiments.plan import CompareConfig
 EVAL_FORMAT = "log-spaced evaluations, per-prompt results, held-out NLL (psft 25)"
 
 
-PROMPTS = "prompts.jsonl"  # per run: one line per evaluation with every prompt's result (psft.eval.callback)
+# per run: one line per evaluation with every prompt's result (psft.eval.callback), gzipped (a research-preset run
+# writes ~380 KB of it, 36 KB compressed: committed reports keep every run's prompts); runs written before are
+# plain `prompts.jsonl`, still read
+PROMPTS = "prompts.jsonl.gz"
+PLAIN_PROMPTS = "prompts.jsonl"
 
 
 def run_settings(config: CompareConfig, run: dict[str, Any]) -> dict[str, Any]:
@@ -65,17 +70,39 @@ def _finished(out: Path, config: CompareConfig, run: dict[str, Any]) -> dict[str
     return result
 
 
-def load_prompts(out: Path, results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Per finished run, the per-prompt results of its evaluations (its prompts.jsonl; runs without one are
-    left out and the report resamples seeds only)."""
-    prompts = {}
-    for result in results:
-        path = out / result["id"] / PROMPTS
+def write_prompts(rows: list[dict[str, Any]], run_dir: Path) -> Path:
+    """A run's per-prompt results as gzipped JSON lines, through a temporary file (no timestamp in the header:
+    the same results give the same bytes)."""
+    path = run_dir / PROMPTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        for row in rows:
+            f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+    tmp.replace(path)
+    return path
+
+
+def read_prompts(run_dir: Path) -> list[dict[str, Any]] | None:
+    """A run's per-prompt results (`prompts.jsonl.gz`, or an older run's plain `prompts.jsonl`); None if it has
+    neither."""
+    for name, read in (
+        (PROMPTS, lambda p: gzip.decompress(p.read_bytes()).decode()),
+        (PLAIN_PROMPTS, Path.read_text),
+    ):
+        path = run_dir / name
         if path.is_file():
             try:
-                prompts[result["id"]] = [json.loads(line) for line in path.read_text().splitlines() if line]
-            except ValueError as err:
+                return [json.loads(line) for line in read(path).splitlines() if line]
+            except (ValueError, OSError, EOFError) as err:
                 raise UserError(
                     f"{path}: unreadable ({err}); delete that run directory to rerun it"
                 ) from None
-    return prompts
+    return None
+
+
+def load_prompts(out: Path, results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per finished run, the per-prompt results of its evaluations (runs without them are left out and the
+    report resamples seeds only)."""
+    found = {result["id"]: read_prompts(out / result["id"]) for result in results}
+    return {run_id: rows for run_id, rows in found.items() if rows is not None}
