@@ -58,3 +58,54 @@ def test_readme_says_how_long_the_tests_take():
 
 def test_readme_is_one_or_two_screens():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 80
+
+
+def _claim(text: str, holds: str, mean: float) -> dict:
+    return {
+        "claim": text,
+        "unit": "points",
+        "scale": 100,
+        "over": "mean over levels",
+        "mean": mean,
+        "ci95": [mean - 0.02, mean + 0.02],
+        "p_holm": 0.01 if holds != "not resolved" else 0.4,
+        "holds": holds,
+    }
+
+
+def test_claims_blocks_quote_the_report_in_its_own_words(tmp_path):
+    """The claims block lists every claim, those that hold first, each in format_claim's words; the README's
+    block (claims-holding) quotes only those that hold and counts the rest."""
+    import json
+
+    from gen_tables import claims, claims_holding
+
+    from psft.experiments.report import format_claim
+
+    rows = [
+        _claim("a keeps more than sft", "not resolved", 0.01),
+        _claim("b keeps more than sft", "holds", 0.10),
+        _claim("c keeps more than sft", "does not hold", -0.05),
+    ]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"finished": 3, "planned": 5, "summary": {"claims": rows}}))
+    every = claims(str(path)).splitlines()
+    assert "(3 of 5 planned runs finished)" in every[0]
+    assert every[2:] == [f"- {format_claim(rows[i])}" for i in (1, 2, 0)]
+    holding = claims_holding(str(path)).splitlines()
+    assert holding[2:] == [
+        f"- {format_claim(rows[1])}",
+        "- of its other claims: 1 does not hold, 1 not resolved",
+    ]
+    assert "holds" in holding[2] and "not resolved" not in holding[2]
+    path.write_text(json.dumps({"finished": 1, "planned": 1, "summary": {"claims": [rows[0]]}}))
+    assert claims_holding(str(path)).splitlines()[2:] == [
+        "- none of its claims holds",
+        "- of its other claims: 1 not resolved",
+    ]
+
+
+def test_readme_quotes_the_research_presets_claims_that_hold():
+    """The README's findings are the research preset's claims that hold, generated from its committed report."""
+    readme = (ROOT / "README.md").read_text()
+    assert "<!-- generated: claims-holding docs/demo-full/report.json -->" in readme
