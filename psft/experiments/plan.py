@@ -54,6 +54,13 @@ class CompareConfig:
         default="psft/arith",
         metadata={"help": "training set: hub name, local file or built-in task (psft/<task>)"},
     )
+    train_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "train on the first N records of train_data only (a small set seen for many epochs, the "
+            "paper's regime); null: all of it"
+        },
+    )
     in_domain: list[str] = field(
         default_factory=lambda: ["psft/arith"],
         metadata={"help": "in-domain evaluation sets (their test split)"},
@@ -249,10 +256,15 @@ def training_arguments(config: CompareConfig, run: dict[str, Any], out_dir: Path
 
 def validate_plan(config: CompareConfig, quiet: bool = False) -> list[dict[str, Any]]:
     """Check the whole plan before the first run trains (a mistake in the last method must not surface hours
-    into a sweep): the runs (`CompareConfig.runs`), `reference_method`, and every setting's `PSFTConfig` (field
-    names, loss_type, values). Each setting's config warnings are printed once, with its name (unless `quiet`).
+    into a sweep): the runs (`CompareConfig.runs`), `train_size`, `reference_method`, and every setting's
+    `PSFTConfig` (field names, loss_type, values). Each setting's config warnings are printed once, with its name (unless `quiet`).
     Returns the runs."""
     plan = config.runs()
+    size = config.train_size
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise UserError(
+            f"train_size must be a positive integer (the first N training records) or null, got {size!r}"
+        )
     methods = config.method_names()
     if config.reference_method is not None and config.reference_method not in methods:
         raise UserError(
@@ -287,5 +299,3 @@ def full_preset() -> CompareConfig:
         ood_eval_size=FULL_OOD_EVAL_SIZE,
         output_dir="runs/demo-full",
     )
-
-
