@@ -143,3 +143,16 @@ def test_study_training_set_is_the_first_records_of_word_math():
     train = training_set(config, full)
     assert len(train) == config.train_size < len(full)
     assert train[0] == full[0] and train[len(train) - 1] == full[len(train) - 1]
+
+
+def test_quick_runs_each_kept_method_at_the_first_point_of_its_own_grid():
+    from psft.experiments.plan import quick
+
+    runs = quick(CompareConfig.from_yaml(str(STUDY))).runs()
+    assert [(r["name"], r["overrides"]) for r in runs] == [
+        ("sft[learning_rate=1e-05]", {"loss_type": "sft", "learning_rate": 1e-5}),
+        (
+            "psft-K8[learning_rate=1e-05]",
+            {"loss_type": "psft", "mini_batches_per_rollout": 8, "learning_rate": 1e-5},
+        ),
+    ]

@@ -201,17 +201,26 @@ class CompareConfig:
 
 
 def quick(config: CompareConfig) -> CompareConfig:
-    """A smoke run of `config` for tests and a first look: two methods, one seed, 12 steps, few prompts. Too
-    short to learn the in-domain task; it checks the pipeline end to end, it is not a result."""
+    """A smoke run of `config` for tests and a first look: two methods (each at the first point of its own grid,
+    if it has one), one seed, 12 steps, few prompts. Too short to learn the in-domain task; it checks the pipeline
+    end to end, it is not a result."""
     config.eval_size = min(config.eval_size, 8)
     config.ood_eval_size = min(config.ood_eval_size or config.eval_size, 8)
     config.max_new_tokens = min(config.max_new_tokens, 32)
     config.training = {**config.training, "num_train_epochs": 1, "max_steps": 12}
-    config.methods = config.methods[:2]
+    config.methods = [_first_point(m) for m in config.methods[:2]]
     config.sweep = {}
     config.seeds = config.seeds[:1]
     config.eval_every = 12  # at the start and the end
     return config
+
+
+def _first_point(method: Any) -> Any:
+    """A method with its own sweep cut to the sweep's first values, so that its one run keeps the name it has in
+    the full plan (anything else: as it is)."""
+    if not isinstance(method, dict) or not isinstance(method.get("sweep"), dict):
+        return method
+    return {**method, "sweep": {k: v[:1] if isinstance(v, list) else v for k, v in method["sweep"].items()}}
 
 
 def eval_schedule(config: CompareConfig, steps: int) -> list[int]:
