@@ -62,8 +62,24 @@ def time_call(fn: Any, reps: int) -> list[float]:
     return times
 
 
-def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out: str) -> dict[str, Any]:
-    """Interleaved rounds of SFT and PSFT training, plus the standalone no-grad forward in each of its modes."""
+def noise_met(per_step: dict[str, list[float]], target: float) -> bool:
+    """Whether every variant's rollout times are within `target` (relative half inter-quartile range)."""
+    return all(len(ts) >= 2 and spread(ts) <= target for ts in per_step.values())
+
+
+def measure_time(
+    size: str,
+    batch: int,
+    k: int,
+    rounds: int,
+    rollouts: int,
+    out: str,
+    target: float = 0.0,
+    max_rounds: int = 0,
+) -> dict[str, Any]:
+    """Interleaved rounds of SFT and PSFT training, plus the standalone no-grad forward in each of its modes:
+    `rounds` of them, then more (up to `max_rounds`) until SFT's and PSFT's rollout times are within the noise
+    `target`."""
     model = make_model(size)
     steps = rollouts * k
     data = make_data(size, rows=steps * batch)
@@ -89,7 +105,11 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
     # position 1 only, so positions 2..K must match SFT's
     by_position: dict[str, list[list[float]]] = {kind: [[] for _ in range(k)] for kind in trainers}
     fwd: dict[str, list[float]] = {name: [] for name in FORWARD_MODES}
-    for r in range(rounds):
+    done = 0
+    for r in range(max(rounds, max_rounds)):
+        if r >= rounds and noise_met(per_step, target):
+            break
+        done += 1
         order = ["sft", "psft"] if r % 2 == 0 else ["psft", "sft"]
         for kind in order:
             timers[kind].times = []
@@ -135,6 +155,9 @@ def measure_time(size: str, batch: int, k: int, rounds: int, rollouts: int, out:
             "psft": spread(per_step["psft"]),
             "fwd": spread(fwd["trainer"]),
         },
+        "rounds_done": done,
+        "noise_target": target,
+        "noise_met": noise_met(per_step, target),
         "per_rollout": {kind: [round(t, 4) for t in v] for kind, v in per_step.items()},
         "fwd_modes": {name: median(ts) / t_fwd for name, ts in fwd.items()},
         "floor_with_best_fwd": 1 + (k - 1) / k * min(median(ts) for ts in fwd.values()) / t_sft,
@@ -196,7 +219,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
     parser.add_argument("--k", type=int, default=8, help="PSFT mini-batches per rollout")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating SFT/PSFT rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating SFT/PSFT rounds (at least)")
+    parser.add_argument(
+        "--max-rounds",
+        type=int,
+        default=0,
+        help="keep adding rounds, up to this many, until the SFT and PSFT noise is within --noise-target",
+    )
+    parser.add_argument(
+        "--noise-target",
+        type=float,
+        default=0.02,
+        help="relative noise of the step times to reach and report",
+    )
     parser.add_argument("--rollouts", type=int, default=3, help="rollouts per round (the first is warm-up)")
     parser.add_argument("--vocab", type=int, help="override the size's vocabulary (not for tiny)")
     parser.add_argument("--smoke", action="store_true", help="tiny size, one short round: checks it runs")
@@ -204,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.batch, args.k, args.rounds, args.rollouts, args.vocab = "tiny", 4, 4, 1, 2, None
+        args.max_rounds = 2  # one more round only if the first is noisy: checks the adaptive path runs
     malloc = apply_common_args(args)
     if args.vocab:
         if args.size == "tiny":
@@ -222,7 +258,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "rounds": args.rounds,
                 "batch": args.batch,
                 "vocab": SIZES[args.size].vocab,
-                **measure_time(args.size, args.batch, args.k, args.rounds, args.rollouts, out),
+                **measure_time(
+                    args.size,
+                    args.batch,
+                    args.k,
+                    args.rounds,
+                    args.rollouts,
+                    out,
+                    target=args.noise_target,
+                    max_rounds=args.max_rounds,
+                ),
                 "memory": measure_memory(args.size, args.batch, args.k, args.rollouts, args.vocab),
             }
     print(json.dumps(report, indent=None if args.probe else 2))

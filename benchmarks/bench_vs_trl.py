@@ -2,6 +2,7 @@
 the same model initialisation, data and batch. Prints one JSON object.
 
     python benchmarks/bench_vs_trl.py --size medium
+    PSFT_BENCH_SMOLLM2=DIR python benchmarks/bench_vs_trl.py --size smollm2   # SmolLM2-135M-Instruct (psft convert)
 
 Both trainers live in this process and train in alternating rounds (the order flips every round), so slow
 phases of a shared machine hit both. Each round's first steps are warm-up; the step time is the median over

@@ -409,9 +409,10 @@ def test_documented_compare_examples_exist_and_parse():
     paths = {
         p for page in pages for p in re.findall(r"psft compare --config (examples/\S+)", page.read_text())
     }
-    assert "examples/compare.yaml" in paths
+    assert {"examples/compare.yaml", "examples/smollm2-study.yaml", "examples/gpu-study.yaml"} <= paths
+    runs = {"examples/compare.yaml": 18, "examples/smollm2-study.yaml": 27, "examples/gpu-study.yaml": 27}
     for path in paths:
-        assert len(CompareConfig.from_yaml(str(root / path)).runs()) == 18
+        assert len(CompareConfig.from_yaml(str(root / path)).runs()) == runs.get(path), path
 
 
 # ------------------------------------------------------------------ the plan is checked before anything trains

@@ -88,6 +88,30 @@ def setting_estimates(data: _Data, groups: list[dict[str, Any]]) -> None:
         g["noise"] = noise
 
 
+def task_estimates(data: _Data, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final accuracy on each evaluation set apart, per setting, with the same bootstrap over seeds and prompts
+    as the group accuracies (which average the sets): an average can hide one skill lost behind another kept
+    (instruction following behind everyday knowledge). `base`: the base model's accuracy on each set at step 0
+    (every run evaluates the same base there; the first such run's, interval over prompts)."""
+    keys = ("mean", "se", "ci95")
+    settings = {}
+    for g in groups:
+        settings[g["name"]] = {}
+        for task in data.tasks:
+            est = _bootstrap(data, g["seeds"], lambda s, pt, t=task, n=g["name"]: _final(
+                data, _setting_runs(data, n, s), f"task:{t}", pt))  # fmt: skip
+            settings[g["name"]][task] = {"n": len(g["seeds"]), **{k: est.get(k) for k in keys}}
+    base = {}
+    first = next((r for r in data.runs.values() if (r.get("evals") or [{}])[0].get("step") == 0), None)
+    if first is not None:
+        for task in data.tasks:
+            est = _bootstrap(
+                data, [first["seed"]], lambda s, pt, t=task: data.path(first["id"], f"task:{t}", pt)[:, 0]
+            )
+            base[task] = {k: est.get(k) for k in keys}
+    return {"tasks": dict(data.tasks), "base": base, "settings": settings}
+
+
 CLAIMS = (
     ("frontier", "{m} keeps more out-of-domain accuracy than {r} at matched in-domain accuracy"),
     ("matched_nll", "{m} keeps more out-of-domain accuracy than {r} at matched held-out NLL"),
@@ -197,8 +221,8 @@ def summarize(
 ) -> dict[str, Any]:
     """Everything the report states, from the finished runs (any subset of the planned ones) and their
     per-prompt results (`prompts`: run id -> the entries of its prompts.jsonl)."""
-    empty = {"groups": [], "frontiers": {}, "frontier_gaps": [], "matched_nll": [], "equal_settings": [],
-             "claims": []}  # fmt: skip
+    empty = {"groups": [], "per_task": {"tasks": {}, "base": {}, "settings": {}}, "frontiers": {},
+             "frontier_gaps": [], "matched_nll": [], "equal_settings": [], "claims": []}  # fmt: skip
     if not runs:
         return empty
     methods = list(dict.fromkeys(r["method"] for r in runs))
@@ -221,6 +245,7 @@ def summarize(
             "entropy_margin": ENTROPY_MARGIN,
         },
         "groups": groups,
+        "per_task": task_estimates(data, groups),
         "frontiers": method_frontiers(data),
         "frontier_gaps": frontier,
         "matched_nll": matched,

@@ -17,8 +17,10 @@ class _Data:
 
     `correct[id]` (E, P): share correct of each prompt at each evaluation (prompt order shared by all runs);
     `nll[id]` (E, P): held-out NLL per prompt (NaN where none); `entropy[id]` (E,): training-log entropy at
-    the evaluation steps. Without per-prompt results every run has two pseudo-prompts (its in-domain and
-    out-of-domain accuracy) that are never resampled."""
+    the evaluation steps; `tasks`: evaluation set -> its group ("in_domain", "out_of_domain"; None when not
+    recorded), and per run `task_acc[id][task]` (E,) the set's accuracy as the run logged it. Without
+    per-prompt results every run has two pseudo-prompts (its in-domain and out-of-domain accuracy) that are
+    never resampled, and a set's accuracy is resampled over seeds only."""
 
     def __init__(
         self, runs: list[dict[str, Any]], prompts: dict[str, list[dict]] | None, reps: int, seed: int
@@ -40,6 +42,20 @@ class _Data:
             self.ids = ["in_domain", "out_of_domain"]
             self.in_mask = np.array([1.0, 0.0])
         self.out_mask = 1.0 - self.in_mask
+        self.tasks: dict[str, str | None] = {}
+        self.task_of = np.array([], dtype=object)  # per prompt, its evaluation set (prompt-level data only)
+        if self.prompt_level and len(first.get("task") or []) == len(self.ids):
+            self.task_of = np.array(first["task"], dtype=object)
+            self.tasks = dict(zip(first["task"], groups, strict=True))
+        for r in runs:
+            for e in r.get("evals") or []:
+                for task in e.get("tasks") or {}:
+                    self.tasks.setdefault(task, None)
+        self.task_acc = {
+            r["id"]: {t: np.array([_nan((e.get("tasks") or {}).get(t)) for e in r.get("evals") or []])
+                      for t in self.tasks}
+            for r in runs
+        }  # fmt: skip
         self.steps, self.correct, self.nll, self.entropy = {}, {}, {}, {}
         index = {pid: i for i, pid in enumerate(self.ids)}
         for r in runs:
@@ -92,20 +108,25 @@ class _Data:
         return self._cache[key]
 
     def path(self, run_id: str, what: str, point: bool) -> np.ndarray:
-        """(B, E) path of `what` ("in", "out", "nll", "entropy") of a run under the bootstrap weights (B = reps)
-        or the data themselves (`point`: B = 1)."""
+        """(B, E) path of `what` ("in", "out", "nll", "entropy", or "task:<set>": one evaluation set's accuracy)
+        of a run under the bootstrap weights (B = reps) or the data themselves (`point`: B = 1)."""
         key = (run_id, what, point)
         if key not in self._cache:
             W = np.ones((1, len(self.ids))) if point else self.W
-            if what == "entropy":
-                value = np.broadcast_to(self.entropy[run_id], (W.shape[0], len(self.entropy[run_id])))
+            task = what.removeprefix("task:") if what.startswith("task:") else None
+            if what == "entropy" or (task is not None and not len(self.task_of)):
+                path = self.entropy[run_id] if task is None else self.task_acc[run_id][task]
+                value = np.broadcast_to(path, (W.shape[0], len(path)))
             elif what == "nll":
                 nll = self.nll[run_id]
                 mask = np.isfinite(nll)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     value = (W @ np.nan_to_num(nll).T) / (W @ mask.T.astype(float))
             else:
-                mask = self.in_mask if what == "in" else self.out_mask
+                if task is not None:
+                    mask = (self.task_of == task).astype(float)
+                else:
+                    mask = self.in_mask if what == "in" else self.out_mask
                 c = self.correct[run_id]
                 with np.errstate(invalid="ignore", divide="ignore"):
                     value = (W @ (np.nan_to_num(c) * mask).T) / (W @ mask)[:, None]

@@ -54,6 +54,13 @@ class CompareConfig:
         default="psft/arith",
         metadata={"help": "training set: hub name, local file or built-in task (psft/<task>)"},
     )
+    train_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "train on the first N records of train_data only (a small set seen for many epochs, the "
+            "paper's regime); null: all of it"
+        },
+    )
     in_domain: list[str] = field(
         default_factory=lambda: ["psft/arith"],
         metadata={"help": "in-domain evaluation sets (their test split)"},
@@ -194,17 +201,26 @@ class CompareConfig:
 
 
 def quick(config: CompareConfig) -> CompareConfig:
-    """A smoke run of `config` for tests and a first look: two methods, one seed, 12 steps, few prompts. Too
-    short to learn the in-domain task; it checks the pipeline end to end, it is not a result."""
+    """A smoke run of `config` for tests and a first look: two methods (each at the first point of its own grid,
+    if it has one), one seed, 12 steps, few prompts. Too short to learn the in-domain task; it checks the pipeline
+    end to end, it is not a result."""
     config.eval_size = min(config.eval_size, 8)
     config.ood_eval_size = min(config.ood_eval_size or config.eval_size, 8)
     config.max_new_tokens = min(config.max_new_tokens, 32)
     config.training = {**config.training, "num_train_epochs": 1, "max_steps": 12}
-    config.methods = config.methods[:2]
+    config.methods = [_first_point(m) for m in config.methods[:2]]
     config.sweep = {}
     config.seeds = config.seeds[:1]
     config.eval_every = 12  # at the start and the end
     return config
+
+
+def _first_point(method: Any) -> Any:
+    """A method with its own sweep cut to the sweep's first values, so that its one run keeps the name it has in
+    the full plan (anything else: as it is)."""
+    if not isinstance(method, dict) or not isinstance(method.get("sweep"), dict):
+        return method
+    return {**method, "sweep": {k: v[:1] if isinstance(v, list) else v for k, v in method["sweep"].items()}}
 
 
 def eval_schedule(config: CompareConfig, steps: int) -> list[int]:
@@ -249,10 +265,15 @@ def training_arguments(config: CompareConfig, run: dict[str, Any], out_dir: Path
 
 def validate_plan(config: CompareConfig, quiet: bool = False) -> list[dict[str, Any]]:
     """Check the whole plan before the first run trains (a mistake in the last method must not surface hours
-    into a sweep): the runs (`CompareConfig.runs`), `reference_method`, and every setting's `PSFTConfig` (field
-    names, loss_type, values). Each setting's config warnings are printed once, with its name (unless `quiet`).
+    into a sweep): the runs (`CompareConfig.runs`), `train_size`, `reference_method`, and every setting's
+    `PSFTConfig` (field names, loss_type, values). Each setting's config warnings are printed once, with its name (unless `quiet`).
     Returns the runs."""
     plan = config.runs()
+    size = config.train_size
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise UserError(
+            f"train_size must be a positive integer (the first N training records) or null, got {size!r}"
+        )
     methods = config.method_names()
     if config.reference_method is not None and config.reference_method not in methods:
         raise UserError(
@@ -287,5 +308,3 @@ def full_preset() -> CompareConfig:
         ood_eval_size=FULL_OOD_EVAL_SIZE,
         output_dir="runs/demo-full",
     )
-
-

@@ -1,6 +1,7 @@
 """`report.md` of a `psft compare` run: what ran, how uncertainty is measured (seeds and prompts), final metrics
-with intervals (columns defined), the frontier, matched held-out NLL and equal-settings views with Holm-adjusted
-verdicts, the plots with how to read them, and the claims table (also machine-readable in report.json)."""
+with intervals (columns defined), final accuracy per evaluation set, the frontier, matched held-out NLL and
+equal-settings views with Holm-adjusted verdicts, the plots with how to read them, and the claims table (also
+machine-readable in report.json)."""
 
 from __future__ import annotations
 
@@ -157,6 +158,34 @@ def _noise_section(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+TASKS_HELP = (
+    "Each evaluation set apart (the in-domain and out-of-domain columns above average their sets): greedy "
+    "accuracy at the last evaluation, mean over seeds [95% bootstrap interval over seeds and prompts]. base: the "
+    "base model, at step 0 of the runs (interval over prompts). A set the base already fails cannot show "
+    "forgetting."
+)
+
+
+def _tasks_section(summary: dict[str, Any]) -> list[str]:
+    """The per-set table: one column per evaluation set (its group named), one row for the base and per setting."""
+    per_task = summary.get("per_task") or {}
+    tasks = per_task.get("tasks") or {}
+    if not tasks:
+        return []
+    seeds = {g["name"]: len(g["seeds"]) for g in summary["groups"]}
+    titles = [f"{t} ({group.replace('_', '-')}) %" if group else f"{t} %" for t, group in tasks.items()]
+    lines = ["", "## Final accuracy per evaluation set", "", TASKS_HELP, ""]
+    lines += ["| setting | seeds | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(tasks)]
+    rows = ([("base (step 0)", "-", per_task["base"])] if per_task.get("base") else []) + [
+        (name, str(seeds.get(name, "-")), cells) for name, cells in per_task["settings"].items()
+    ]
+    for name, n, cells in rows:
+        lines.append(
+            f"| {name} | {n} | " + " | ".join(format_estimate(cells.get(t, {}), 100) for t in tasks) + " |"
+        )
+    return lines
+
+
 def _num(value: float | None, scale: float = 100) -> str:
     return "-" if value is None else f"{scale * value:.1f}"
 
@@ -195,6 +224,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     for g in summary["groups"]:
         cells = [format_estimate(g["metrics"].get(key, {}), scale) for key, _, scale in COLUMNS]
         lines.append(f"| {g['name']} | {len(g['seeds'])} | " + " | ".join(cells) + " |")
+    lines += _tasks_section(summary)
     gaps = [g for g in summary["frontier_gaps"] if g["levels"]]
     if summary["frontier_gaps"]:
         family = next((lv["family"] for g in gaps for lv in g["levels"]), 0)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from psft.core.threads import choose_threads, configure_threads
+from psft.errors import UserError
 from psft.experiments.plan import CompareConfig, eval_schedule, training_arguments, validate_plan
 from psft.experiments.report import _pct, write_report
 from psft.experiments.store import RESULT, _finished, _write_json, run_settings, write_prompts
@@ -104,7 +105,7 @@ def run_method(
     args = training_arguments(config, run, out_dir)
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, config.dtype)
-    train = load_sft_dataset(config.train_data)
+    train = training_set(config, load_sft_dataset(config.train_data))
     trainer = PSFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # raw log dicts every few steps; _Progress says what matters
     trainer.add_callback(progress_callback(label or run["id"]))
@@ -160,6 +161,19 @@ def run_method(
         "train_cpu_s": round(cpu - evaluator.cpu_seconds, 1),  # the same in CPU time (a busy machine inflates
         "eval_cpu_s": round(evaluator.cpu_seconds, 1),  # wall time, not CPU time)
     }
+
+
+def training_set(config: CompareConfig, train: Any) -> Any:
+    """The records a run trains on: the first `train_size` of `train_data` (all without it). The first, not a
+    sample: every run and seed trains on the same records, the seed changes only their order."""
+    if config.train_size is None:
+        return train
+    if config.train_size > len(train):
+        raise UserError(
+            f"train_size {config.train_size} is more than the {len(train)} records of train_data "
+            f"{config.train_data}"
+        )
+    return train.select(range(config.train_size))
 
 
 def _planned_steps(trainer) -> int:

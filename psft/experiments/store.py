@@ -28,7 +28,7 @@ def run_settings(config: CompareConfig, run: dict[str, Any]) -> dict[str, Any]:
 
     # runs finished before per-prompt results and log-spaced evaluations differ in `schedule`, runs on an older
     # version of the built-in tasks (another split) in `tasks`: neither is reused
-    return {
+    settings = {
         **{k: getattr(config, k) for k in keys},
         "max_new_tokens": config.max_new_tokens,
         "training": config.training,
@@ -37,6 +37,10 @@ def run_settings(config: CompareConfig, run: dict[str, Any]) -> dict[str, Any]:
         "schedule": EVAL_FORMAT,
         "tasks": TASKS_VERSION,
     }
+    # fields added later enter only when set: the settings of every run made before them stay the same
+    if config.train_size is not None:
+        settings["train_size"] = config.train_size
+    return settings
 
 
 RESULT = "result.json"  # each run's record, in its directory, written as soon as the run finishes
