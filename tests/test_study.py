@@ -8,6 +8,7 @@ import pytest
 from psft.errors import UserError
 from psft.experiments.analysis import summarize
 from psft.experiments.plan import CompareConfig, eval_schedule, full_preset, validate_plan
+from psft.experiments.presets import FULL_METHODS, FULL_SEEDS
 from psft.experiments.report import render_markdown
 from psft.experiments.runner import training_set
 from psft.experiments.store import EVAL_FORMAT, run_settings
@@ -48,7 +49,8 @@ def test_settings_of_runs_without_train_size_are_unchanged():
         for run in config.runs():
             assert run_settings(config, run) == _settings_before_train_size(config, run)
     config = full_preset()
-    assert len(config.runs()) == 125 and "train_size" not in run_settings(config, config.runs()[0])
+    grid = sum(len(m["sweep"]["learning_rate"]) for m in FULL_METHODS) * len(FULL_SEEDS)
+    assert len(config.runs()) == grid == 135 and "train_size" not in run_settings(config, config.runs()[0])
     config.train_size = 100
     run = config.runs()[0]
     assert run_settings(config, run) == {**_settings_before_train_size(config, run), "train_size": 100}
