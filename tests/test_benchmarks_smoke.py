@@ -78,3 +78,10 @@ def test_bench_vs_trl_smoke():
     assert_positive_numbers(report, ["t_ours", "t_trl", "tokens_per_s_ours", "tokens_per_s_trl", "ratio"])
     assert report["ratio"] == pytest.approx(report["t_trl"] / report["t_ours"])
     assert len(report["ratio_per_round"]) == report["rounds"]
+
+
+def test_bench_checkpointing_smoke():
+    report = run_smoke("bench_checkpointing.py")
+    assert report["size"] == "tiny" and report["steps_timed"] == {"on": 2, "off": 2}
+    assert report["off_over_on"] == pytest.approx(report["step_s"]["off"] / report["step_s"]["on"], rel=2e-2)
+    assert all(v > 0 for v in report["step_s"].values())
