@@ -1,6 +1,7 @@
 """Tables and claims of the README and the docs that quote committed reports are generated, never typed: each
-sits between `<!-- generated: KIND REPORT.json -->` (KIND: results-table or claims) and `<!-- /generated -->`, and `python docs/gen_tables.py`
-rewrites every such block from its report (tests/test_readme.py fails when one differs from its report)."""
+sits between `<!-- generated: KIND REPORT.json -->` (KIND: results-table, claims or claims-holding) and
+`<!-- /generated -->`, and `python docs/gen_tables.py` rewrites every such block from its report
+(tests/test_readme.py fails when one differs from its report)."""
 
 from __future__ import annotations
 
@@ -37,23 +38,41 @@ def results_table(report_path: str) -> str:
 VERDICT_ORDER = ("holds", "does not hold", "not resolved")
 
 
-def claims(report_path: str) -> str:
-    """The claims of a report.json in its own words (psft.experiments.report.format_claim), those that hold first;
-    a claim that does not hold or is not resolved says so. A report without claims (one seed) says that."""
+def _claims(report_path: str, holding_only: bool) -> str:
     from psft.experiments.report import format_claim
 
     report = json.loads((ROOT / report_path).read_text())
     rows = report["summary"].get("claims") or []
-    finished, planned = report["finished"], report["planned"]
-    head = f"From `{report_path}` ({finished} of {planned} planned runs finished):\n\n"
+    head = f"From `{report_path}` ({report['finished']} of {report['planned']} planned runs finished):\n\n"
     if not rows:
         return head + "- no claims: the report has too few seeds to test any\n"
     rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
-    ordered = sorted(rows, key=lambda c: rank.get(c["holds"], len(rank)))
-    return head + "".join(f"- {format_claim(c)}\n" for c in ordered)
+    shown = sorted(rows, key=lambda c: rank.get(c["holds"], len(rank)))
+    if holding_only:
+        shown = [c for c in shown if c["holds"] == "holds"]
+    lines = [f"- {format_claim(c)}\n" for c in shown]
+    if holding_only:
+        others = {v: sum(c["holds"] == v for c in rows) for v in VERDICT_ORDER[1:]}
+        rest = ", ".join(f"{n} {v}" for v, n in others.items() if n)
+        lines = lines or ["- none of its claims holds\n"]
+        if rest:
+            lines.append(f"- of its other claims: {rest}\n")
+    return head + "".join(lines)
 
 
-GENERATORS = {"results-table": results_table, "claims": claims}
+def claims(report_path: str) -> str:
+    """Every claim of a report.json in its own words (psft.experiments.report.format_claim), those that hold
+    first; each says whether it holds, does not hold or is not resolved."""
+    return _claims(report_path, holding_only=False)
+
+
+def claims_holding(report_path: str) -> str:
+    """Only the claims of a report.json that hold, in its own words, and how many others do not hold or are not
+    resolved: what the README may quote."""
+    return _claims(report_path, holding_only=True)
+
+
+GENERATORS = {"results-table": results_table, "claims": claims, "claims-holding": claims_holding}
 
 
 def regenerate(text: str) -> str:
