@@ -141,14 +141,19 @@ def make_model(size: str, seed: int = 0) -> PreTrainedModel:
     return LlamaForCausalLM(config)
 
 
-def make_data(size: str, rows: int, seed: int = 0) -> Dataset:
-    """Random pre-tokenized prompt+completion records of fixed length, loss on the completion."""
+def make_data(size: str, rows: int, seed: int = 0, length: int | None = None) -> Dataset:
+    """Random pre-tokenized prompt+completion records of fixed length, loss on the completion. `length`: tokens
+    per record (half prompt, half completion) instead of the size's own."""
     s = SIZES[size]
     vocab = SIZES[size].vocab
     gen = torch.Generator().manual_seed(seed)
-    length = s.prompt_len + s.completion_len
-    ids = torch.randint(len(TOKENIZER.all_special_ids), vocab, (rows, length), generator=gen)
-    mask = [0] * s.prompt_len + [1] * s.completion_len
+    prompt_len, completion_len = (
+        (length // 2, length - length // 2) if length else (s.prompt_len, s.completion_len)
+    )
+    ids = torch.randint(
+        len(TOKENIZER.all_special_ids), vocab, (rows, prompt_len + completion_len), generator=gen
+    )
+    mask = [0] * prompt_len + [1] * completion_len
     return Dataset.from_dict({"input_ids": ids.tolist(), "completion_mask": [mask] * rows})
 
 
@@ -181,15 +186,25 @@ def trainer_args(cls: type, output_dir: str, batch: int, steps: int, **overrides
 
 
 def make_trainer(
-    kind: str, model: PreTrainedModel, data: Dataset, batch: int, steps: int, k: int, output_dir: str
+    kind: str,
+    model: PreTrainedModel,
+    data: Dataset,
+    batch: int,
+    steps: int,
+    k: int,
+    output_dir: str,
+    **overrides: Any,
 ) -> SFTTrainer:
-    """`kind`: "sft" / "psft" (PSFTTrainer with that loss, K = `k` for psft, 1 for sft) or "trl" (TRL's own)."""
+    """`kind`: "sft" / "psft" (PSFTTrainer with that loss, K = `k` for psft, 1 for sft) or "trl" (TRL's own);
+    `overrides`: config fields that differ from `trainer_args`' (the variant a benchmark measures)."""
     if kind == "trl":
-        args = trainer_args(SFTConfig, output_dir, batch, steps)
+        args = trainer_args(SFTConfig, output_dir, batch, steps, **overrides)
         cls = SFTTrainer
     else:
         k = k if kind == "psft" else 1
-        args = trainer_args(PSFTConfig, output_dir, batch, steps, loss_type=kind, mini_batches_per_rollout=k)
+        args = trainer_args(
+            PSFTConfig, output_dir, batch, steps, loss_type=kind, mini_batches_per_rollout=k, **overrides
+        )
         cls = PSFTTrainer
     trainer = cls(model=copy.deepcopy(model), args=args, train_dataset=data, processing_class=TOKENIZER)
     trainer.remove_callback(PrinterCallback)  # keep stdout for the JSON report

@@ -22,45 +22,23 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    TOKENIZER,
     StepTimes,
     add_common_args,
     apply_common_args,
+    make_data,
     make_model,
+    make_trainer,
     median,
     spread,
-    trainer_args,
 )
 from datasets import Dataset  # noqa: E402
-from transformers.trainer_callback import PrinterCallback  # noqa: E402
-
-from psft import PSFTConfig, PSFTTrainer  # noqa: E402
-
-
-def make_batch_data(vocab: int, rows: int, length: int) -> Dataset:
-    """Random token ids of one length, loss on the second half (the same for both variants)."""
-    import torch
-
-    ids = torch.randint(
-        len(TOKENIZER.all_special_ids), vocab, (rows, length), generator=torch.Generator().manual_seed(0)
-    )
-    mask = [0] * (length // 2) + [1] * (length - length // 2)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "completion_mask": [mask] * rows})
 
 
 def one_round(
     model, data: Dataset, batch: int, steps: int, checkpointing: bool, out: str
 ) -> tuple[list[float], int]:
     """`steps` SFT steps with checkpointing on or off: step times (the first dropped) and RSS growth."""
-    import copy
-
-    args = trainer_args(
-        PSFTConfig, out, batch, steps, loss_type="sft", activation_checkpointing=checkpointing
-    )
-    trainer = PSFTTrainer(
-        model=copy.deepcopy(model), args=args, train_dataset=data, processing_class=TOKENIZER
-    )
-    trainer.remove_callback(PrinterCallback)
+    trainer = make_trainer("sft", model, data, batch, steps, 1, out, activation_checkpointing=checkpointing)
     times = StepTimes()
     trainer.add_callback(times)
     rss = psutil.Process().memory_info().rss
@@ -82,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.size, args.steps, args.rounds, args.length = "tiny", 2, 2, 16
     malloc = apply_common_args(args)
     model = make_model(args.size)
-    data = make_batch_data(model.config.vocab_size, args.batch * args.steps, args.length)
+    data = make_data(args.size, args.batch * args.steps, length=args.length)
     times: dict[str, list[float]] = {"on": [], "off": []}
     rss: dict[str, int] = {"on": 0, "off": 0}
     with tempfile.TemporaryDirectory() as out:
