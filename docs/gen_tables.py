@@ -1,5 +1,5 @@
 """Tables and claims of the README and the docs that quote committed reports are generated, never typed: each
-sits between `<!-- generated: KIND REPORT.json -->` (KIND: results-table, claims or claims-holding) and
+sits between `<!-- generated: KIND REPORT.json -->` (KIND: results-table, per-task-table, claims or claims-holding) and
 `<!-- /generated -->`, and `python docs/gen_tables.py` rewrites every such block from its report
 (tests/test_readme.py fails when one differs from its report)."""
 
@@ -35,6 +35,14 @@ def results_table(report_path: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+def per_task_table(report_path: str) -> str:
+    """The final accuracy per evaluation set of a report.json, with the base model's row (`report.tasks_table`)."""
+    from psft.experiments.report import tasks_table
+
+    report = json.loads((ROOT / report_path).read_text())
+    return "".join(line + "\n" for line in tasks_table(report["summary"]))
+
+
 VERDICT_ORDER = ("holds", "does not hold", "not resolved")
 
 
@@ -53,7 +61,8 @@ def _claims(report_path: str, holding_only: bool) -> str:
     lines = [f"- {format_claim(c)}\n" for c in shown]
     if holding_only:
         others = {v: sum(c["holds"] == v for c in rows) for v in VERDICT_ORDER[1:]}
-        rest = ", ".join(f"{n} {v}" for v, n in others.items() if n)
+        plural = {"does not hold": "do not hold"}  # "14 do not hold", "1 does not hold"
+        rest = ", ".join(f"{n} {plural.get(v, v) if n > 1 else v}" for v, n in others.items() if n)
         lines = lines or ["- none of its claims holds\n"]
         if rest:
             lines.append(f"- of its other claims: {rest}\n")
@@ -72,7 +81,12 @@ def claims_holding(report_path: str) -> str:
     return _claims(report_path, holding_only=True)
 
 
-GENERATORS = {"results-table": results_table, "claims": claims, "claims-holding": claims_holding}
+GENERATORS = {
+    "results-table": results_table,
+    "per-task-table": per_task_table,
+    "claims": claims,
+    "claims-holding": claims_holding,
+}
 
 
 def regenerate(text: str) -> str:

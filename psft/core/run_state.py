@@ -9,7 +9,10 @@ condition or a metric reads and that the model, optimizer and data position do n
 - the reference table's fingerprint (and the model, data and tokenizer it came from), so that a resume with
   another run's `reference_log_probs.pt` is refused;
 - the drift base statistics (the run's starting model on the drift texts), so that drift is always measured
-  against the start of the run, never against the resumed model.
+  against the start of the run, never against the resumed model;
+- the state of callbacks attached to the run, by name (`callbacks`): the evaluations made so far and the time
+  spent (`psft.eval.callback.EvalCallback`, `psft compare`'s progress), so that a resumed run reports the whole
+  run, not its last piece. Plain Python values only (dicts, lists, strings, numbers).
 
 Each process saves its own `psft_run_state_<process>.pt` (the pending old log-probs are per-process shards).
 The random number generators stay the Trainer's (`rng_state_<process>.pth` in the same checkpoint, restored by
@@ -47,6 +50,7 @@ class RunState:
     nonfinite_skipped: int = 0
     reference: dict[str, str] | None = None  # `ReferenceTable.describe()` of the precomputed table
     drift_base: bytes | None = None  # the drift base statistics file (safetensors), as written at the start
+    callbacks: dict[str, Any] = field(default_factory=dict)  # callback name -> its state (plain values)
     # restored from a checkpoint: the saved pending rollout, until the trainer re-fetches its mini-batches
     resumed_rollout: dict[str, Any] | None = None
 
@@ -71,6 +75,7 @@ class RunState:
             "drift_base": None
             if self.drift_base is None
             else torch.frombuffer(bytearray(self.drift_base), dtype=torch.uint8),
+            "callbacks": self.callbacks,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "") -> None:
@@ -83,6 +88,7 @@ class RunState:
         self.reference = state.get("reference")
         base = state.get("drift_base")
         self.drift_base = None if base is None else base.numpy().tobytes()
+        self.callbacks = dict(state.get("callbacks") or {})
         self.resumed_rollout = {
             "global_step": state["global_step"],
             "pending": state["pending"],

@@ -11,6 +11,10 @@ any update, so the base never has to be held beside the fine-tuned model. Attach
 statistics go into its run state (every checkpoint): a resumed run measures drift against the run's starting
 model, not the resumed one.
 
+Attached to a `PSFTTrainer`, the evaluations made so far (per-prompt results, time spent, the last step
+evaluated) also go into its run state after each evaluation (`state_dict`): a run resumed from a checkpoint
+keeps them and does not evaluate again at the step it resumes from; its results are the whole run's.
+
 Every evaluation also keeps its per-prompt results in `prompt_results` (prompt id, task, correct; and, for
 the `heldout` demonstrations, the NLL per completion token of the reference answer), so that intervals can
 resample prompts (`psft.experiments.stats`); `log_steps` gives a log-spaced schedule (0, 2, 4, 8, ... plus the end) that
@@ -109,6 +113,7 @@ def heldout_nll(model, tokenizer, rows: list[dict[str, Any]], batch_size: int = 
         out.extend((-logp.sum(-1) / counts).tolist())
     return out
 
+
 logger = logging.get_logger(__name__)
 
 
@@ -149,6 +154,25 @@ class EvalCallback(TrainerCallback):
         self.cpu_seconds = 0.0  # the same in CPU time of this process (robust to a busy machine)
         self._last_step = -1
         self._tmp: tempfile.TemporaryDirectory | None = None
+
+    STATE_KEY = "evaluation"  # this callback's entry in `RunState.callbacks`
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs of the evaluations made so far (plain values, saved in the run state)."""
+        return {
+            "prompt_results": self.prompt_results,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "last_step": self._last_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.prompt_results = list(state["prompt_results"])
+        self.seconds, self.cpu_seconds = float(state["seconds"]), float(state["cpu_seconds"])
+        self._last_step = int(state["last_step"])
+
+    def _run_state(self):
+        return getattr(self.trainer, "run_state", None)
 
     def attach(self, trainer) -> EvalCallback:
         """Register with `trainer` (if not already) and log through its `log` method."""
@@ -196,6 +220,9 @@ class EvalCallback(TrainerCallback):
         metrics = self.evaluate(model, state.global_step)
         self.seconds += time.perf_counter() - start
         self.cpu_seconds += time.process_time() - cpu
+        run_state = self._run_state()
+        if run_state is not None:  # the next checkpoint holds the evaluations so far
+            run_state.callbacks[self.STATE_KEY] = self.state_dict()
         if not metrics:
             return
         if self.trainer is not None:
@@ -211,7 +238,11 @@ class EvalCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.drift_stats is None and self.drift_texts:
             self.drift_stats = self._drift_base(state, model)
-        if self.eval_on_start:
+        run_state = self._run_state()
+        saved = None if run_state is None else run_state.callbacks.get(self.STATE_KEY)
+        if saved is not None:  # resumed from a checkpoint: the run's start was evaluated before it
+            self.load_state_dict(saved)
+        elif self.eval_on_start:
             self._run(args, state, control, model)
 
     def _drift_base(self, state, model) -> Path:

@@ -108,6 +108,13 @@ class CompareConfig:
     output_dir: str = field(
         default="runs/compare", metadata={"help": "where runs, report.json, report.md and plots go"}
     )
+    checkpoint_every: int = field(
+        default=0,
+        metadata={
+            "help": "optimizer steps between checkpoints of each run (the last one kept, deleted when the run "
+            "ends): a run interrupted midway resumes from its last checkpoint; 0: none, it starts over"
+        },
+    )
     save_models: bool = field(
         default=False, metadata={"help": "keep each run's final model in its directory (--rl sets it)"}
     )
@@ -251,6 +258,8 @@ def training_arguments(config: CompareConfig, run: dict[str, Any], out_dir: Path
         "seed": run["seed"],
         "output_dir": str(out_dir),
     }
+    if config.checkpoint_every:  # the last one only: what an interrupted run resumes from
+        settings.update(save_strategy="steps", save_steps=config.checkpoint_every, save_total_limit=1)
     known = {f.name for f in fields(PSFTConfig) if f.init}
     for key in settings:
         if key not in known:
@@ -274,6 +283,9 @@ def validate_plan(config: CompareConfig, quiet: bool = False) -> list[dict[str, 
         raise UserError(
             f"train_size must be a positive integer (the first N training records) or null, got {size!r}"
         )
+    every = config.checkpoint_every
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise UserError(f"checkpoint_every must be a number of optimizer steps >= 0, got {every!r}")
     methods = config.method_names()
     if config.reference_method is not None and config.reference_method not in methods:
         raise UserError(
@@ -287,7 +299,12 @@ def validate_plan(config: CompareConfig, quiet: bool = False) -> list[dict[str, 
         checked.add(run["name"])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            training_arguments(config, run, Path(config.output_dir) / run["id"])
+            args = training_arguments(config, run, Path(config.output_dir) / run["id"])
+        if config.checkpoint_every and args.rollout_epochs > 1:
+            raise UserError(
+                f"method {run['name']!r}: a run with rollout_epochs > 1 cannot resume from a checkpoint; set "
+                "checkpoint_every: 0 or rollout_epochs: 1"
+            )
         messages = [str(w.message) for w in caught if w.category is UserWarning and not quiet]
         for message in dict.fromkeys(messages):
             console.print(f"[yellow]warning[/yellow] {escape(run['name'])}: {escape(message)}")

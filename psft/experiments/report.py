@@ -167,15 +167,20 @@ TASKS_HELP = (
 
 
 def _tasks_section(summary: dict[str, Any]) -> list[str]:
-    """The per-set table: one column per evaluation set (its group named), one row for the base and per setting."""
+    table = tasks_table(summary)
+    return ["", "## Final accuracy per evaluation set", "", TASKS_HELP, "", *table] if table else []
+
+
+def tasks_table(summary: dict[str, Any]) -> list[str]:
+    """The per-set table's lines: one column per evaluation set (its group named), one row for the base and per
+    setting; none without per-set results."""
     per_task = summary.get("per_task") or {}
     tasks = per_task.get("tasks") or {}
     if not tasks:
         return []
     seeds = {g["name"]: len(g["seeds"]) for g in summary["groups"]}
     titles = [f"{t} ({group.replace('_', '-')}) %" if group else f"{t} %" for t, group in tasks.items()]
-    lines = ["", "## Final accuracy per evaluation set", "", TASKS_HELP, ""]
-    lines += ["| setting | seeds | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(tasks)]
+    lines = ["| setting | seeds | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(tasks)]
     rows = ([("base (step 0)", "-", per_task["base"])] if per_task.get("base") else []) + [
         (name, str(seeds.get(name, "-")), cells) for name, cells in per_task["settings"].items()
     ]

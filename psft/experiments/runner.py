@@ -3,7 +3,9 @@ written the moment it ends, the report rebuilt as runs finish."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -53,30 +55,50 @@ def _group_accuracy(logs: dict[str, float], tasks: list[str]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def progress_callback(label: str):
+def progress_callback(label: str, trainer: Any):
     """A TrainerCallback printing one line per tenth of the run: step / total, elapsed, ETA (evaluation time
-    included in the rate). Built here so that importing this module (for `--help`) does not import transformers."""
+    included in the rate), and keeping the run's wall and CPU time (`elapsed`). Its clock starts when it is
+    built; it goes into `trainer.run_state` at every step (add it after the evaluation callback, so that an
+    evaluation at a checkpoint's step is counted), so that a resumed run's times are the whole run's. Built here
+    so that importing this module (for `--help`) does not import transformers."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
         def __init__(self):
-            self.start, self.last = 0.0, 0
+            self.start, self.cpu_start = time.time(), time.process_time()
+            self.before = (0.0, 0.0)  # wall and CPU seconds of the run before it was resumed
+            self.last = 0
+
+        def elapsed(self) -> tuple[float, float]:
+            """The run's wall and CPU seconds so far, earlier pieces of a resumed run included."""
+            return (
+                self.before[0] + time.time() - self.start,
+                self.before[1] + time.process_time() - self.cpu_start,
+            )
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.time()
+            saved = trainer.run_state.callbacks.get(CLOCK)
+            self.last = state.global_step
+            if saved is not None:
+                self.before = (saved["wall"], saved["cpu"])
+                console.print(f"  {label}: resumed at step {state.global_step}/{max(state.max_steps, 1)}")
 
         def on_step_end(self, args, state, control, **kwargs):
+            wall, cpu = self.elapsed()
+            trainer.run_state.callbacks[CLOCK] = {"wall": wall, "cpu": cpu}
             step, total = state.global_step, max(state.max_steps, 1)
             if step - self.last < max(1, total // 10) and step != total:
                 return
             self.last = step
-            elapsed = time.time() - self.start
             console.print(
-                f"  {label}: step {step}/{total} ({100 * step / total:.0f}%), {_duration(elapsed)} elapsed, "
-                f"ETA {_duration(elapsed / step * (total - step))}"
+                f"  {label}: step {step}/{total} ({100 * step / total:.0f}%), {_duration(wall)} elapsed, "
+                f"ETA {_duration(wall / step * (total - step))}"
             )
 
     return Progress()
+
+
+CLOCK = "compare_clock"  # the progress callback's entry in `RunState.callbacks`
 
 
 def _duration(seconds: float) -> str:
@@ -103,12 +125,12 @@ def run_method(
     hf_logging.disable_progress_bar()
     in_domain, general = records
     args = training_arguments(config, run, out_dir)
+    checkpoint = resume_point(config, run, out_dir)
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, config.dtype)
     train = training_set(config, load_sft_dataset(config.train_data))
     trainer = PSFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)  # raw log dicts every few steps; _Progress says what matters
-    trainer.add_callback(progress_callback(label or run["id"]))
+    trainer.remove_callback(PrinterCallback)  # raw log dicts every few steps; Progress says what matters
     steps = trainer.args.max_steps if trainer.args.max_steps > 0 else _planned_steps(trainer)
     evaluator = EvalCallback(
         tokenizer,
@@ -123,9 +145,10 @@ def run_method(
             "checker": config.checker or infer_checker(load_records(in_domain + general)),
         },
     ).attach(trainer)
-    start, cpu = time.time(), time.process_time()
-    trainer.train()
-    runtime, cpu = time.time() - start, time.process_time() - cpu
+    progress = progress_callback(label or run["id"], trainer)
+    trainer.add_callback(progress)  # after the evaluator: see progress_callback
+    trainer.train(resume_from_checkpoint=checkpoint)
+    runtime, cpu = progress.elapsed()
     if config.save_models:
         trainer.save_model(str(out_dir))
     in_tasks = sorted({r["task"] for r in in_domain})
@@ -163,6 +186,43 @@ def run_method(
     }
 
 
+SETTINGS = "settings.json"  # a run in flight: the settings its checkpoints were made with
+
+
+def resume_point(config: CompareConfig, run: dict[str, Any], out_dir: Path) -> str | None:
+    """The checkpoint an interrupted run resumes from (its last complete one), or None to start it afresh.
+    Only with `checkpoint_every`; a checkpoint made with other settings is refused in one line."""
+    from psft.core.checkpoint import last_complete_checkpoint
+
+    if not config.checkpoint_every:
+        return None
+    settings = run_settings(config, run)
+    checkpoint = last_complete_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+    if checkpoint is not None:
+        path = out_dir / SETTINGS
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved != settings:
+            changed = sorted(
+                k for k in set(settings) | set(saved or {}) if settings.get(k) != (saved or {}).get(k)
+            )
+            raise UserError(
+                f"{checkpoint}: an unfinished run made with other settings ({', '.join(changed) or 'unknown'}); "
+                "delete that run directory to rerun it"
+            )
+    _write_json(out_dir / SETTINGS, settings)
+    return checkpoint
+
+
+def _discard_checkpoints(out_dir: Path) -> None:
+    """A finished run's checkpoints and their settings (its record is `result.json`): gigabytes for a real model."""
+    from psft.core.checkpoint import checkpoints, remove_staging
+
+    for path in checkpoints(str(out_dir)):
+        shutil.rmtree(path, ignore_errors=True)
+    remove_staging(str(out_dir))  # a save cut short earlier
+    (out_dir / SETTINGS).unlink(missing_ok=True)
+
+
 def training_set(config: CompareConfig, train: Any) -> Any:
     """The records a run trains on: the first `train_size` of `train_data` (all without it). The first, not a
     sample: every run and seed trains on the same records, the seed changes only their order."""
@@ -190,6 +250,7 @@ def _execute(config: CompareConfig, run: dict[str, Any], label: str, threads: in
     out_dir = Path(config.output_dir) / run["id"]
     result = run_method(config, run, _eval_records(config), out_dir, label)
     _write_json(out_dir / RESULT, result)
+    _discard_checkpoints(out_dir)
     return result
 
 
