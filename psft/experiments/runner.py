@@ -213,14 +213,17 @@ def resume_point(config: CompareConfig, run: dict[str, Any], out_dir: Path) -> s
     return checkpoint
 
 
-def _discard_checkpoints(out_dir: Path) -> None:
+def _discard_checkpoints(config: CompareConfig, out_dir: Path) -> None:
     """A finished run's checkpoints and their settings (its record is `result.json`): gigabytes for a real model."""
     from psft.core.checkpoint import checkpoints, remove_staging
 
-    for path in checkpoints(str(out_dir)):
+    found = checkpoints(str(out_dir))
+    for path in found:
         shutil.rmtree(path, ignore_errors=True)
     remove_staging(str(out_dir))  # a save cut short earlier
     (out_dir / SETTINGS).unlink(missing_ok=True)
+    if found and not config.save_models:  # TRL's model card, written with each checkpoint, of no model kept
+        (out_dir / "README.md").unlink(missing_ok=True)
 
 
 def training_set(config: CompareConfig, train: Any) -> Any:
@@ -250,7 +253,7 @@ def _execute(config: CompareConfig, run: dict[str, Any], label: str, threads: in
     out_dir = Path(config.output_dir) / run["id"]
     result = run_method(config, run, _eval_records(config), out_dir, label)
     _write_json(out_dir / RESULT, result)
-    _discard_checkpoints(out_dir)
+    _discard_checkpoints(config, out_dir)
     return result
 
 

@@ -6,7 +6,9 @@
   a measure of what fine-tuning makes the model forget.
 - `instruct` (out-of-domain): IFEval-style format instructions on everyday questions (capital letters only,
   lowercase only, quotes, a fixed prefix, JSON, a word limit). The `instruction` checker verifies the
-  instruction was followed, whatever the content, as IFEval's strict accuracy does.
+  instruction was followed, whatever the content, as IFEval's strict accuracy does. One deviation, kept so that
+  every run of the SmolLM2 study is scored alike: a JSON reply must be the object itself with an "answer" key
+  (the instruction names it); IFEval's JSON check also accepts a reply wrapped in a ``` fence and any key.
 """
 
 from __future__ import annotations
