@@ -409,7 +409,13 @@ def test_ctrl_c_stops_with_one_line_naming_the_last_complete_checkpoint(tmp_path
             time.sleep(0.2)
         assert (out / "checkpoint-4").is_dir(), "no checkpoint was written"
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        try:
+            _, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it stood: still training (the interrupt lost) or stuck
+            process.kill()
+            _, err = process.communicate()
+            saved = sorted(p.name for p in out.glob("checkpoint-*"))
+            pytest.fail(f"still running 60 s after SIGINT; checkpoints {saved}; stderr ends: {err[-3000:]}")
     finally:
         if process.poll() is None:
             process.kill()
