@@ -19,7 +19,14 @@ from psft.core.threads import choose_threads, configure_threads
 from psft.errors import UserError
 from psft.experiments.plan import CompareConfig, eval_schedule, training_arguments, validate_plan
 from psft.experiments.report import _pct, write_report
-from psft.experiments.store import RESULT, _finished, _write_json, run_settings, write_prompts
+from psft.experiments.store import (
+    RESULT,
+    _finished,
+    _write_json,
+    changed_settings,
+    run_settings,
+    write_prompts,
+)
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -202,9 +209,7 @@ def resume_point(config: CompareConfig, run: dict[str, Any], out_dir: Path) -> s
         path = out_dir / SETTINGS
         saved = json.loads(path.read_text()) if path.is_file() else None
         if saved != settings:
-            changed = sorted(
-                k for k in set(settings) | set(saved or {}) if settings.get(k) != (saved or {}).get(k)
-            )
+            changed = changed_settings(settings, saved or {})
             raise UserError(
                 f"{checkpoint}: an unfinished run made with other settings ({', '.join(changed) or 'unknown'}); "
                 "delete that run directory to rerun it"

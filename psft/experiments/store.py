@@ -54,6 +54,11 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def changed_settings(expected: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two `run_settings` (either may lack a key)."""
+    return sorted(k for k in set(expected) | set(recorded) if expected.get(k) != recorded.get(k))
+
+
 def _finished(out: Path, config: CompareConfig, run: dict[str, Any]) -> dict[str, Any] | None:
     """The run's record if it finished with the same settings; None if not there; an error if it differs."""
     path = out / run["id"] / RESULT
@@ -66,7 +71,7 @@ def _finished(out: Path, config: CompareConfig, run: dict[str, Any]) -> dict[str
     expected = run_settings(config, run)
     recorded = result.get("settings", {})
     if recorded != expected:
-        changed = sorted(k for k in set(expected) | set(recorded) if expected.get(k) != recorded.get(k))
+        changed = changed_settings(expected, recorded)
         raise UserError(
             f"{path}: finished with other settings ({', '.join(changed)}); use another --output_dir or delete "
             "that run directory to rerun it"
