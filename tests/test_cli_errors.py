@@ -388,6 +388,13 @@ def test_mutated_configs_and_data_are_accepted_or_one_line(
 
 
 # ------------------------------------------------------------------------------------------------ Ctrl-C
+def interrupt_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default, as in a terminal. A shell that starts pytest in the
+    background (`cmd &`, nohup, a CI runner's job) ignores SIGINT, children inherit that, and Python then installs
+    no KeyboardInterrupt handler: the test's Ctrl-C would be lost, as it was when the suite ran in the background."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_with_one_line_naming_the_last_complete_checkpoint(tmp_path, tiny_model_dir):
     """A real process: SIGINT once a checkpoint exists; exit code 130 and one line naming a complete checkpoint
     (costs about 10 s)."""
@@ -401,6 +408,7 @@ def test_ctrl_c_stops_with_one_line_naming_the_last_complete_checkpoint(tmp_path
         stdout=subprocess.DEVNULL,
         env=env,
         text=True,
+        preexec_fn=interrupt_as_at_a_terminal,
     )
     out = tmp_path / "out"
     try:
