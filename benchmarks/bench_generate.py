@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import SMOLLM2_ENV, make_model, median, setup_malloc, spread  # noqa: E402
+from _common import make_model, median, pretrained_path, setup_malloc, spread  # noqa: E402
 
 from psft.data.models import resolve_model_name
 from psft.data.sft import builtin_rows  # noqa: E402
@@ -44,7 +44,7 @@ def load(size: str):
     from transformers import AutoTokenizer
 
     model = make_model(size).eval()
-    path = os.environ[SMOLLM2_ENV] if size == "smollm2" else resolve_model_name("psft/tiny-base")
+    path = pretrained_path(size) if size == "smollm2" else resolve_model_name("psft/tiny-base")
     return model, AutoTokenizer.from_pretrained(path)
 
 

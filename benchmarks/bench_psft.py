@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
     SIZES,
     PeakMemory,
+    PeakTensorMemory,
     StepTimes,
     add_common_args,
     apply_common_args,
@@ -165,8 +166,10 @@ def measure_time(
 
 
 def probe(size: str, batch: int, kind: str, k: int, rollouts: int, out: str) -> dict[str, float]:
-    """Peak memory of one variant in this (fresh) process: training for `kind` in ("sft", "psft"), or the
-    old-policy pass alone over K - 1 micro-batches: the trainer's for "old", TRL's fused head for "old_fused"."""
+    """Peak memory of one variant in this (fresh) process: training for `kind` in ("sft", "psft"), or a way to
+    compute the old log-probs alone over K - 1 micro-batches: the trainer's pass for "old", the naive full
+    logits + log-softmax for "old_full". The old passes also report `tensor_mb`, the peak of the tensors they
+    hold at once (`PeakTensorMemory`): RSS sees a transient only when malloc has no cached memory for it."""
     model = make_model(size)
     steps = rollouts * k
     data = make_data(size, rows=steps * batch)
@@ -174,13 +177,17 @@ def probe(size: str, batch: int, kind: str, k: int, rollouts: int, out: str) -> 
     del model
     if kind.startswith("old"):
         mb = micro_batch(trainer)
-        old_pass = FORWARD_MODES["trainer" if kind == "old" else "fused_head"]
+        old_pass = FORWARD_MODES["trainer" if kind == "old" else "full_logits"]
+        old_pass(trainer, mb)  # once outside the probes: one-time state (the head's patch, kernel caches)
         with PeakMemory() as mem:
             olds = [old_pass(trainer, mb) for _ in range(k - 1)]
         del olds
-    else:
-        with PeakMemory() as mem:
-            trainer.train()
+        with PeakTensorMemory() as tensors:  # apart: the profiler's own records would show in RSS
+            olds = [old_pass(trainer, mb) for _ in range(k - 1)]
+        del olds
+        return {"base_mb": mem.base, "peak_mb": mem.peak, "added_mb": mem.added, "tensor_mb": tensors.peak}
+    with PeakMemory() as mem:
+        trainer.train()
     return {"base_mb": mem.base, "peak_mb": mem.peak, "added_mb": mem.added}
 
 
@@ -197,8 +204,8 @@ def run_probe(
 def measure_memory(
     size: str, batch: int, k: int, rollouts: int, vocab: int | None = None
 ) -> dict[str, float]:
-    sft, psft, old, fused = (
-        run_probe(size, batch, kind, k, rollouts, vocab) for kind in ("sft", "psft", "old", "old_fused")
+    sft, psft, old, full = (
+        run_probe(size, batch, kind, k, rollouts, vocab) for kind in ("sft", "psft", "old", "old_full")
     )
     s = SIZES[size]
     logits_mb = batch * (s.prompt_len + s.completion_len) * s.vocab * 4 / 2**20
@@ -210,7 +217,8 @@ def measure_memory(
         "psft_added_mb": psft["added_mb"],
         "added_ratio": psft["added_mb"] / max(sft["added_mb"], 1e-9),
         "old_pass_added_mb": old["added_mb"],
-        "fused_head_pass_added_mb": fused["added_mb"],
+        "old_pass_tensor_mb": old["tensor_mb"],
+        "full_logits_pass_tensor_mb": full["tensor_mb"],
         "full_logits_mb": logits_mb,
     }
 
@@ -235,7 +243,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rollouts", type=int, default=3, help="rollouts per round (the first is warm-up)")
     parser.add_argument("--vocab", type=int, help="override the size's vocabulary (not for tiny)")
     parser.add_argument("--smoke", action="store_true", help="tiny size, one short round: checks it runs")
-    parser.add_argument("--probe", choices=["sft", "psft", "old", "old_fused"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the peak-memory probes, no timing rounds"
+    )
+    parser.add_argument("--probe", choices=["sft", "psft", "old", "old_full"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.batch, args.k, args.rounds, args.rollouts, args.vocab = "tiny", 4, 4, 1, 2, None
@@ -258,15 +269,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "rounds": args.rounds,
                 "batch": args.batch,
                 "vocab": SIZES[args.size].vocab,
-                **measure_time(
-                    args.size,
-                    args.batch,
-                    args.k,
-                    args.rounds,
-                    args.rollouts,
-                    out,
-                    target=args.noise_target,
-                    max_rounds=args.max_rounds,
+                **(
+                    {}
+                    if args.memory_only
+                    else measure_time(
+                        args.size,
+                        args.batch,
+                        args.k,
+                        args.rounds,
+                        args.rollouts,
+                        out,
+                        target=args.noise_target,
+                        max_rounds=args.max_rounds,
+                    )
                 ),
                 "memory": measure_memory(args.size, args.batch, args.k, args.rollouts, args.vocab),
             }

@@ -1,10 +1,12 @@
-"""Memory of the old-policy pass as the vocabulary grows, on one small trunk: the trainer's pass, TRL's
-fused head (as the training forward runs it) and the size of the full logits it never builds. Prints JSON.
+"""Memory of the old-policy pass as the vocabulary grows, on one small trunk: the trainer's pass (TRL's fused
+head, as the training forward runs it) against the naive full logits + log-softmax, and the size of the full
+logits. Prints JSON.
 
     python benchmarks/bench_vocab_memory.py
 
-Each number comes from a fresh process (`bench_psft.py --probe`): the memory added by K - 1 old passes over
-one micro-batch, RSS on CPU and `max_memory_allocated` on GPU.
+Each number comes from a fresh process (`bench_psft.py --probe`), over K - 1 passes on one micro-batch: the peak
+of the tensors a pass holds at once (`tensor_mb`: the profiler's allocation records on CPU, `max_memory_allocated`
+on GPU) and the RSS it added (`added_mb`, which depends on what malloc had cached).
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = batch * (s.prompt_len + s.completion_len)
     rows = []
     for vocab in args.vocabs:
-        old, fused = (run_probe(args.size, batch, kind, 3, 1, vocab) for kind in ("old", "old_fused"))
+        old, full = (run_probe(args.size, batch, kind, 3, 1, vocab) for kind in ("old", "old_full"))
         rows.append(
             {
                 "vocab": vocab,
+                "old_pass_tensor_mb": round(old["tensor_mb"], 1),
+                "full_logits_pass_tensor_mb": round(full["tensor_mb"], 1),
                 "old_pass_added_mb": round(old["added_mb"], 1),
-                "fused_head_added_mb": round(fused["added_mb"], 1),
                 "full_logits_mb": round(tokens * vocab * 4 / 2**20, 1),
             }
         )

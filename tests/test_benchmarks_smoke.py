@@ -25,6 +25,16 @@ def run_smoke(script: str) -> dict:
     return json.loads(result.stdout[result.stdout.index("{") :])
 
 
+def import_common():
+    """The benchmarks' `_common` module (benchmarks/ is not a package)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return _common
+
+
 def assert_positive_numbers(report: dict, keys: list[str]) -> None:
     for key in keys:
         assert isinstance(report[key], float) and report[key] > 0, (key, report[key])
@@ -59,7 +69,9 @@ def test_bench_psft_smoke():
     memory = report["memory"]
     for key in ("sft_peak_mb", "psft_peak_mb", "peak_ratio", "full_logits_mb"):
         assert memory[key] > 0, key
-    assert memory["old_pass_added_mb"] >= 0 and memory["fused_head_pass_added_mb"] >= 0
+    assert memory["old_pass_added_mb"] >= 0 and memory["old_pass_tensor_mb"] > 0
+    # the naive pass holds the full logits and their log-softmax at once: the accounting must see at least that
+    assert memory["full_logits_pass_tensor_mb"] >= 2 * memory["full_logits_mb"]
 
 
 @pytest.mark.slow
@@ -67,7 +79,8 @@ def test_bench_vocab_memory_smoke():
     report = run_smoke("bench_vocab_memory.py")
     assert [row["vocab"] for row in report["rows"]] == [512, 1024]
     for row in report["rows"]:
-        assert row["old_pass_added_mb"] >= 0 and row["fused_head_added_mb"] >= 0
+        assert row["old_pass_added_mb"] >= 0 and row["old_pass_tensor_mb"] > 0
+        assert row["full_logits_pass_tensor_mb"] >= 2 * row["full_logits_mb"] - 0.1  # rounded to 0.1 MiB
         assert row["full_logits_mb"] == pytest.approx(report["tokens"] * row["vocab"] * 4 / 2**20, abs=0.05)
 
 
@@ -85,3 +98,34 @@ def test_bench_checkpointing_smoke():
     assert report["size"] == "tiny" and report["steps_timed"] == {"on": 2, "off": 2}
     assert report["off_over_on"] == pytest.approx(report["step_s"]["off"] / report["step_s"]["on"], rel=2e-2)
     assert all(v > 0 for v in report["step_s"].values())
+
+
+@pytest.mark.parametrize("size", ["smollm2", "gemma3"])
+def test_pretrained_size_without_its_directory_names_the_variable(size, monkeypatch, tmp_path):
+    """A pretrained size (real weights, never downloaded) exits in one line naming its variable and the fix."""
+    _common = import_common()
+    env = _common.PRETRAINED[size][0]
+    monkeypatch.setenv(env, str(tmp_path / "missing"))
+    with pytest.raises(SystemExit) as exit_info:
+        _common.make_model(size)
+    message = str(exit_info.value)
+    assert f"--size {size} needs {env}=DIR" in message and "psft convert" in message
+    assert "\n" not in message
+    assert size in _common.SIZES
+
+
+def test_peak_tensor_memory_counts_what_is_held_at_once():
+    """4 MiB, then 4 MiB more while the first is alive, then the first freed and 4 MiB again: the peak is 8 MiB
+    (allocation records on CPU), however much malloc had cached before."""
+    _common = import_common()
+    import torch
+
+    held = torch.ones(2**20)  # alive before the block: not counted
+    with _common.PeakTensorMemory() as memory:
+        a = torch.ones(2**20)
+        b = a * 2
+        del a
+        c = b + 1
+        del b, c
+    assert memory.peak == pytest.approx(8.0, abs=0.01)
+    assert held.numel() == 2**20
