@@ -169,11 +169,13 @@ def probe(size: str, batch: int, kind: str, k: int, rollouts: int, out: str) -> 
     """Peak memory of one variant in this (fresh) process: training for `kind` in ("sft", "psft"), or a way to
     compute the old log-probs alone over K - 1 micro-batches: the trainer's pass for "old", the naive full
     logits + log-softmax for "old_full". The old passes also report `tensor_mb`, the peak of the tensors they
-    hold at once (`PeakTensorMemory`): RSS sees a transient only when malloc has no cached memory for it."""
+    hold at once (`PeakTensorMemory`): RSS sees a transient only when malloc has no cached memory for it.
+    "sft_tensors" and "psft_tensors" report only that peak, for the whole of training."""
     model = make_model(size)
     steps = rollouts * k
     data = make_data(size, rows=steps * batch)
-    trainer = make_trainer("psft" if kind.startswith("old") else kind, model, data, batch, steps, k, out)
+    loss = "psft" if kind.startswith(("old", "psft")) else "sft"
+    trainer = make_trainer(loss, model, data, batch, steps, k, out)
     del model
     if kind.startswith("old"):
         mb = micro_batch(trainer)
@@ -186,6 +188,10 @@ def probe(size: str, batch: int, kind: str, k: int, rollouts: int, out: str) -> 
             olds = [old_pass(trainer, mb) for _ in range(k - 1)]
         del olds
         return {"base_mb": mem.base, "peak_mb": mem.peak, "added_mb": mem.added, "tensor_mb": tensors.peak}
+    if kind.endswith("_tensors"):  # what training holds at once: activations, gradients, optimizer state
+        with PeakTensorMemory() as tensors:
+            trainer.train()
+        return {"tensor_mb": tensors.peak}
     with PeakMemory() as mem:
         trainer.train()
     return {"base_mb": mem.base, "peak_mb": mem.peak, "added_mb": mem.added}
@@ -202,14 +208,27 @@ def run_probe(
 
 
 def measure_memory(
-    size: str, batch: int, k: int, rollouts: int, vocab: int | None = None
+    size: str, batch: int, k: int, rollouts: int, vocab: int | None = None, training_tensors: bool = False
 ) -> dict[str, float]:
+    """Peak RSS of SFT and PSFT training, the old pass's memory against the naive pass's, and with
+    `training_tensors` the tensors SFT and PSFT training hold at once (two more probes, slow under the profiler)."""
     sft, psft, old, full = (
         run_probe(size, batch, kind, k, rollouts, vocab) for kind in ("sft", "psft", "old", "old_full")
     )
     s = SIZES[size]
     logits_mb = batch * (s.prompt_len + s.completion_len) * s.vocab * 4 / 2**20
+    tensors = {}
+    if training_tensors:
+        sft_t, psft_t = (
+            run_probe(size, batch, kind, k, rollouts, vocab) for kind in ("sft_tensors", "psft_tensors")
+        )
+        tensors = {
+            "sft_tensor_mb": sft_t["tensor_mb"],
+            "psft_tensor_mb": psft_t["tensor_mb"],
+            "tensor_peak_ratio": psft_t["tensor_mb"] / sft_t["tensor_mb"],
+        }
     return {
+        **tensors,
         "sft_peak_mb": sft["peak_mb"],
         "psft_peak_mb": psft["peak_mb"],
         "peak_ratio": psft["peak_mb"] / sft["peak_mb"],
@@ -246,7 +265,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--memory-only", action="store_true", help="only the peak-memory probes, no timing rounds"
     )
-    parser.add_argument("--probe", choices=["sft", "psft", "old", "old_full"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--training-tensors",
+        action="store_true",
+        help="also count the tensors SFT and PSFT training hold at once (two more probes, slow under the profiler)",
+    )
+    probes = ["sft", "psft", "old", "old_full", "sft_tensors", "psft_tensors"]
+    parser.add_argument("--probe", choices=probes, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.batch, args.k, args.rounds, args.rollouts, args.vocab = "tiny", 4, 4, 1, 2, None
@@ -283,7 +308,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         max_rounds=args.max_rounds,
                     )
                 ),
-                "memory": measure_memory(args.size, args.batch, args.k, args.rollouts, args.vocab),
+                "memory": measure_memory(
+                    args.size, args.batch, args.k, args.rollouts, args.vocab, args.training_tensors
+                ),
             }
     print(json.dumps(report, indent=None if args.probe else 2))
     return report

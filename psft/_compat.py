@@ -84,6 +84,33 @@ def keep_hub_kernels_off() -> None:
     os.environ.setdefault(HUB_KERNELS_ENV, "NO")
 
 
+def hub_kernels_wanted() -> bool:
+    """Whether `USE_HUB_KERNELS` asks for hub kernels, read as transformers reads it (unset: no, psft's default)."""
+    return os.environ.get(HUB_KERNELS_ENV, "NO").lower() in ("true", "1", "y", "yes", "on")
+
+
+def unkernelize(model: Any) -> bool:
+    """Undo the hub kernelization transformers 5.25+ applied to a model loaded before psft set its default (the
+    user's own `from_pretrained`, then `PSFTTrainer(model=...)`), unless `USE_HUB_KERNELS` asks for kernels.
+    Left kernelized, such a model re-kernelizes at every `train()`/`eval()` switch, which raises once the
+    variable is NO, and its two modes would run different kernels (the ratio at an unchanged model off 1).
+    Returns whether it reset anything. `reset_kernels` is transformers' public way back to its own layers; it
+    re-kernelizes with an empty mapping (no hub access) but refuses while the variable is NO (5.25), so the
+    variable is lifted for that call alone."""
+    if hub_kernels_wanted() or not getattr(model, "use_kernels", False):
+        return False
+    setting = os.environ.get(HUB_KERNELS_ENV)
+    os.environ[HUB_KERNELS_ENV] = "YES"
+    try:
+        model.reset_kernels()
+    finally:
+        if setting is None:
+            del os.environ[HUB_KERNELS_ENV]
+        else:
+            os.environ[HUB_KERNELS_ENV] = setting
+    return True
+
+
 # ------------------------------------------------------------------------------- private upstream hooks
 # psft overrides private transformers / TRL hooks (all in psft/core/hooks.py) and reads two private names
 # (accelerate's `_is_overflow`, TRL's `_fused_forward`). Each contract below is what psft relies on, as of

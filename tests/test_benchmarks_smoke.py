@@ -129,3 +129,17 @@ def test_peak_tensor_memory_counts_what_is_held_at_once():
         del b, c
     assert memory.peak == pytest.approx(8.0, abs=0.01)
     assert held.numel() == 2**20
+
+
+@pytest.mark.parametrize("kind", ["sft_tensors", "psft_tensors"])
+def test_training_tensor_probe_sees_gradients_and_optimizer_state(kind, tmp_path):
+    """Training allocates a gradient and AdamW's two moments for every weight inside the probe: the peak it
+    reports is at least three times the weights' bytes (the weights themselves were made before it started)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_psft
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    weights_mb = sum(p.numel() * 4 for p in bench_psft.make_model("tiny").parameters()) / 2**20
+    result = bench_psft.probe("tiny", 4, kind, 2, 1, str(tmp_path))
+    assert result["tensor_mb"] >= 3 * weights_mb

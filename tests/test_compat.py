@@ -1,5 +1,6 @@
 """psft._compat: the supported upstream ranges, their one-line check before training, and pyproject agreeing."""
 
+import os
 import re
 from pathlib import Path
 
@@ -127,6 +128,50 @@ def test_hub_kernels_stay_off_unless_the_user_asks(monkeypatch):
     monkeypatch.setenv(_compat.HUB_KERNELS_ENV, "YES")
     _compat.keep_hub_kernels_off()
     assert os.environ[_compat.HUB_KERNELS_ENV] == "YES"
+
+
+class _KernelizedModel:
+    """Stands in for a transformers 5.25 model kernelized at load: records `reset_kernels`."""
+
+    use_kernels = True
+    resets = 0
+
+    def reset_kernels(self) -> bool:
+        self.resets += 1
+        self.use_kernels = False
+        return True
+
+
+@pytest.mark.parametrize(("setting", "reset"), [(None, True), ("NO", True), ("0", True), ("YES", False), ("1", False)])
+def test_unkernelize_resets_unless_the_user_asks_for_kernels(setting, reset, monkeypatch):
+    if setting is None:
+        monkeypatch.delenv(_compat.HUB_KERNELS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(_compat.HUB_KERNELS_ENV, setting)
+    model = _KernelizedModel()
+    assert _compat.unkernelize(model) is reset
+    assert (model.resets, model.use_kernels) == ((1, False) if reset else (0, True))
+    assert os.environ.get(_compat.HUB_KERNELS_ENV) == setting  # lifted for the reset alone
+    assert _compat.unkernelize(model) is False  # nothing left to reset, or still wanted
+
+
+def test_model_loaded_before_psft_trains_without_hub_kernels(monkeypatch, tmp_path):
+    """The TRL flow: the caller loads the model (transformers 5.25 kernelizes it when `kernels` is installed),
+    then hands it over. PSFTTrainer's default (USE_HUB_KERNELS=NO) made its first train() raise
+    "Hub kernels are disabled" (found on the latest set); now it resets the model and trains."""
+    from transformers import AutoModelForCausalLM
+
+    from psft import PSFTConfig, PSFTTrainer
+    from psft.data.models import resolve_model_name
+    from psft.data.sft import load_sft_dataset
+
+    monkeypatch.delenv(_compat.HUB_KERNELS_ENV, raising=False)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_name("psft/tiny-base"))
+    args = PSFTConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", activation_checkpointing=False)
+    trainer = PSFTTrainer(model=model, args=args, train_dataset=load_sft_dataset("psft/arith"))
+    assert getattr(trainer.model, "use_kernels", False) is False
+    trainer.train()
+    assert trainer.state.global_step == 1
 
 
 def test_trainer_model_is_not_kernelized(monkeypatch, tmp_path):

@@ -30,7 +30,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
-from psft._compat import check_versions, keep_hub_kernels_off
+from psft._compat import check_versions, keep_hub_kernels_off, unkernelize
 from psft.core.config import LOSS_ALIASES, PSFTConfig, accelerator_available
 from psft.core.guards import ReliabilityMixin, check_honoured_options
 from psft.core.hooks import UpstreamHooks
@@ -97,6 +97,12 @@ class PSFTTrainer(ReliabilityMixin, ReferencePolicy, UpstreamHooks, SFTTrainer):
     def __init__(self, model: Any, args: TrainingArguments | None = None, **kwargs: Any):
         check_versions()  # an unsupported transformers/TRL/accelerate/torch fails here in one line
         keep_hub_kernels_off()  # transformers 5.25+ would kernelize the model it loads (psft._compat)
+        if not isinstance(model, str) and unkernelize(model):  # loaded by the caller, before that default
+            logger.warning_once(
+                "psft: the model came with hub kernels (transformers' default when `kernels` is installed); "
+                "PSFTTrainer resets it to transformers' own layers so the old-policy pass matches training "
+                "exactly (USE_HUB_KERNELS=YES keeps them)."
+            )
         args = _to_psft_config(args, model)
         if isinstance(model, str):  # built-in names (`psft/tiny-base`) load from the package, not the hub
             model = resolve_model_name(model)
