@@ -174,6 +174,17 @@ def test_model_loaded_before_psft_trains_without_hub_kernels(monkeypatch, tmp_pa
     assert trainer.state.global_step == 1
 
 
+def test_models_psft_loads_are_not_kernelized(monkeypatch):
+    """psft's one loader (`load_model`, behind the stages and eval from Python too) sets psft's default first."""
+    from psft.data.models import load_model
+
+    monkeypatch.delenv(_compat.HUB_KERNELS_ENV, raising=False)
+    model = load_model("psft/tiny-base")
+    assert os.environ[_compat.HUB_KERNELS_ENV] == "NO"
+    assert getattr(model, "use_kernels", False) is False
+    model.train()  # the switch that raised on a model kernelized at load
+
+
 def test_trainer_model_is_not_kernelized(monkeypatch, tmp_path):
     """transformers 5.25 with `kernels` installed kernelizes every loaded model by default (train/eval switch
     kernels): the model PSFTTrainer trains must keep transformers' own layers (found on the latest set)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from psft._compat import keep_hub_kernels_off
 from psft.errors import UserError, first_line
 
 BUILTIN_PREFIX = "psft/"
@@ -153,6 +154,7 @@ def load_model(name: str, dtype: Any = None, **kwargs: Any) -> Any:
     checkpoint's; a name or `torch.dtype`); `kwargs` go to `from_pretrained`."""
     from transformers import AutoModelForCausalLM
 
+    keep_hub_kernels_off()  # every model psft loads keeps transformers' own layers (psft._compat), API or CLI
     path = resolve_and_check(name, kwargs.get("revision"), kwargs.get("trust_remote_code", False))
     if dtype is not None:
         kwargs["dtype"] = torch_dtype(dtype)
