@@ -80,7 +80,9 @@ def test_estimate_gives_student_t_intervals_and_none_for_one_value():
     assert (
         format_estimate({"mean": 0.6, "ci95": [-0.1, 1.2]}, 100) == "60.0 [0.0, 100.0]"
     )  # shares stay in range
-    assert format_estimate({"mean": 0.6, "ci95": [-0.1, 1.2]}) == "0.600 [-0.100, 1.200]"
+    # NLL, KL and entropy cannot be negative either (a t-interval over 2 seeds passes 0 easily); no upper cut
+    assert format_estimate({"mean": 0.6, "ci95": [-0.1, 1.2]}) == "0.600 [0.000, 1.200]"
+    assert format_estimate({"mean": 0.011, "ci95": [0.004, 0.018]}) == "0.011 [0.004, 0.018]"
 
 
 def _run(method, seed, points, name=None, nll=0.5):

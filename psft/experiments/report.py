@@ -33,8 +33,8 @@ COLUMNS = (
 )
 COLUMN_HELP = (
     "Each cell: mean over seeds [95% interval]. Accuracies and held-out NLL: bootstrap interval over seeds and "
-    "prompts (one seed: over prompts alone); the other columns: Student-t over seeds, cut at 0% and 100% for "
-    "shares (one seed: the value alone). in-domain %: greedy accuracy "
+    "prompts (one seed: over prompts alone); the other columns: Student-t over seeds, cut at 0 (every column "
+    "is non-negative) and at 100% for shares (one seed: the value alone). in-domain %: greedy accuracy "
     "on the in-domain test prompts at the last evaluation; best in-domain %: the highest over the run's "
     "evaluations; out-of-domain %: mean accuracy over the out-of-domain prompts at the last evaluation; held-out "
     "NLL: negative log-likelihood per token (nats) of the in-domain test demonstrations at the last evaluation; "
@@ -66,15 +66,18 @@ PLOT_CAPTIONS = {
 
 
 def format_estimate(est: dict[str, Any], scale: float = 1, digits: int | None = None) -> str:
-    """`72.0 [65.1, 78.9]`; one value: `72.0`; none: `-`."""
+    """`72.0 [65.1, 78.9]`; one value: `72.0`; none: `-`. For the level metrics of the tables, all non-negative
+    (accuracies and shares, NLL, KL, entropy): a t-interval over two or three seeds can pass 0 (or 100% for a
+    share), the quantity cannot, so the interval is cut there."""
     if est.get("mean") is None:
         return "-"
     digits = (1 if scale == 100 else 3) if digits is None else digits
     text = f"{scale * est['mean']:.{digits}f}"
     if est.get("ci95"):
         low, high = (scale * v for v in est["ci95"])
-        if scale == 100:  # a share: the t-interval can pass 0% or 100%, the quantity cannot
-            low, high = max(low, 0.0), min(high, 100.0)
+        low = max(low, 0.0)
+        if scale == 100:
+            high = min(high, 100.0)
         text += f" [{low:.{digits}f}, {high:.{digits}f}]"
     return text
 
