@@ -3,6 +3,7 @@
 This checks the scripts, not the numbers: timings on a shared CI machine mean nothing.
 """
 
+import importlib
 import json
 import subprocess
 import sys
@@ -25,14 +26,13 @@ def run_smoke(script: str) -> dict:
     return json.loads(result.stdout[result.stdout.index("{") :])
 
 
-def import_common():
-    """The benchmarks' `_common` module (benchmarks/ is not a package)."""
+def import_benchmark(name: str = "_common"):
+    """A module of benchmarks/ (not a package): `_common` by default, or a script such as `bench_psft`."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import _common
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
-    return _common
 
 
 def assert_positive_numbers(report: dict, keys: list[str]) -> None:
@@ -103,7 +103,7 @@ def test_bench_checkpointing_smoke():
 @pytest.mark.parametrize("size", ["smollm2", "gemma3"])
 def test_pretrained_size_without_its_directory_names_the_variable(size, monkeypatch, tmp_path):
     """A pretrained size (real weights, never downloaded) exits in one line naming its variable and the fix."""
-    _common = import_common()
+    _common = import_benchmark()
     env = _common.PRETRAINED[size][0]
     monkeypatch.setenv(env, str(tmp_path / "missing"))
     with pytest.raises(SystemExit) as exit_info:
@@ -117,7 +117,7 @@ def test_pretrained_size_without_its_directory_names_the_variable(size, monkeypa
 def test_peak_tensor_memory_counts_what_is_held_at_once():
     """4 MiB, then 4 MiB more while the first is alive, then the first freed and 4 MiB again: the peak is 8 MiB
     (allocation records on CPU), however much malloc had cached before."""
-    _common = import_common()
+    _common = import_benchmark()
     import torch
 
     held = torch.ones(2**20)  # alive before the block: not counted
@@ -135,11 +135,7 @@ def test_peak_tensor_memory_counts_what_is_held_at_once():
 def test_training_tensor_probe_sees_gradients_and_optimizer_state(kind, tmp_path):
     """Training allocates a gradient and AdamW's two moments for every weight inside the probe: the peak it
     reports is at least three times the weights' bytes (the weights themselves were made before it started)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_psft
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    bench_psft = import_benchmark("bench_psft")
     weights_mb = sum(p.numel() * 4 for p in bench_psft.make_model("tiny").parameters()) / 2**20
     result = bench_psft.probe("tiny", 4, kind, 2, 1, str(tmp_path))
     assert result["tensor_mb"] >= 3 * weights_mb

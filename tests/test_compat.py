@@ -122,8 +122,6 @@ def test_the_install_line_brings_what_convert_needs():
 def test_hub_kernels_stay_off_unless_the_user_asks(monkeypatch):
     monkeypatch.delenv(_compat.HUB_KERNELS_ENV, raising=False)
     _compat.keep_hub_kernels_off()
-    import os
-
     assert os.environ[_compat.HUB_KERNELS_ENV] == "NO"
     monkeypatch.setenv(_compat.HUB_KERNELS_ENV, "YES")
     _compat.keep_hub_kernels_off()
