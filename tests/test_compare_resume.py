@@ -4,8 +4,11 @@ an uninterrupted run writes (evaluations, training curves, per-prompt results), 
 import json
 
 import pytest
+import torch
 
 import psft.experiments.runner as runner
+from psft.core.checkpoint import write_manifest
+from psft.core.run_state import RUN_STATE, saved_callback_state
 from psft.errors import UserError
 from psft.experiments.plan import CompareConfig
 from psft.experiments.runner import compare
@@ -38,8 +41,8 @@ def _die_at(monkeypatch, step: int) -> None:
     """Make the next run raise at the end of optimizer step `step` (after that step's evaluation)."""
     real = runner.progress_callback
 
-    def dying(label, trainer):
-        callback = real(label, trainer)
+    def dying(label, trainer, settings):
+        callback = real(label, trainer, settings)
         on_step_end = callback.on_step_end
 
         def end(args, state, control, **kwargs):
@@ -65,7 +68,10 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_records_the_whole_ru
             compare(_config(out))
     run_dir = out / whole["id"]
     assert not (run_dir / "result.json").exists()
-    assert (run_dir / "checkpoint-2").is_dir() and (run_dir / "settings.json").is_file()
+    # the run's settings are in the checkpoint (its run state), not in a file beside it that can go missing
+    saved = saved_callback_state(str(run_dir / "checkpoint-2"), runner.SETTINGS)
+    assert saved["eval_size"] == 2 and saved["seed"] == 0 and saved["overrides"]["mini_batches_per_rollout"] == 4
+    assert not (run_dir / runner.LEGACY_SETTINGS).exists()
 
     capsys.readouterr()
     resumed = compare(_config(out))["runs"][0]
@@ -100,8 +106,36 @@ def test_a_checkpoint_made_with_other_settings_is_refused_in_one_line(tmp_path, 
         UserError, match=r"checkpoint-2: an unfinished run made with other settings \(eval_size\)"
     ):
         compare(_config(out, eval_size=3))
-    settings = json.loads(next(out.glob("*/settings.json")).read_text())
-    assert settings["eval_size"] == 2  # left as it was: the run can still resume with its own settings
+    checkpoint = str(next(out.glob("*/checkpoint-2")))
+    # left as it was: the run can still resume with its own settings
+    assert saved_callback_state(checkpoint, runner.SETTINGS)["eval_size"] == 2
+
+
+def test_a_checkpoint_that_does_not_say_its_settings_is_refused_and_older_ones_keep_resuming(
+    tmp_path, monkeypatch, capsys
+):
+    """Checkpoints of psft before the settings moved into the run state kept them in `settings.json` beside the
+    checkpoint: those resume; one with neither (that file lost) is refused, never resumed on a guess."""
+    out = tmp_path / "o"
+    with monkeypatch.context() as patch:
+        _die_at(patch, 3)
+        with pytest.raises(RuntimeError, match="killed"):
+            compare(_config(out))
+    checkpoint = next(out.glob("*/checkpoint-2"))
+    path = checkpoint / RUN_STATE.format(0)
+    state = torch.load(path, weights_only=True)
+    settings = state["callbacks"].pop(runner.SETTINGS)
+    torch.save(state, path)  # as psft before the change wrote it
+    write_manifest(str(checkpoint))  # the file's new size: still a complete checkpoint
+    with pytest.raises(UserError, match=r"checkpoint-2: an unfinished run whose settings are not recorded"):
+        compare(_config(out))
+
+    (checkpoint.parent / runner.LEGACY_SETTINGS).write_text(json.dumps(settings))
+    capsys.readouterr()
+    record = compare(_config(out))["runs"][0]
+    assert "resumed at step 2/6" in capsys.readouterr().err
+    assert [e["step"] for e in record["evals"]] == [0, 2, 4, 6]
+    assert not (checkpoint.parent / runner.LEGACY_SETTINGS).exists()  # a finished run keeps its record only
 
 
 def test_checkpoint_every_is_checked_before_anything_trains(tmp_path):

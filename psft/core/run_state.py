@@ -126,3 +126,12 @@ class RunState:
         else:
             self.nonfinite_in_a_row += 1
             self.nonfinite_skipped += 1
+
+
+def saved_callback_state(checkpoint: str, name: str, process_index: int = 0) -> Any:
+    """A callback's entry in the run state that `checkpoint` holds (None if it has none), read without a
+    trainer: what a tool checks before it resumes (`psft compare`: which run a checkpoint belongs to)."""
+    path = os.path.join(checkpoint, RUN_STATE.format(process_index))
+    if not os.path.isfile(path):
+        return None
+    return (torch.load(path, weights_only=True).get("callbacks") or {}).get(name)

@@ -62,12 +62,13 @@ def _group_accuracy(logs: dict[str, float], tasks: list[str]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def progress_callback(label: str, trainer: Any):
+def progress_callback(label: str, trainer: Any, settings: dict[str, Any] | None = None):
     """A TrainerCallback printing one line per tenth of the run: step / total, elapsed, ETA (evaluation time
     included in the rate), and keeping the run's wall and CPU time (`elapsed`). Its clock starts when it is
     built; it goes into `trainer.run_state` at every step (add it after the evaluation callback, so that an
-    evaluation at a checkpoint's step is counted), so that a resumed run's times are the whole run's. Built here
-    so that importing this module (for `--help`) does not import transformers."""
+    evaluation at a checkpoint's step is counted), so that a resumed run's times are the whole run's. The run's
+    compare `settings` go into the run state too: every checkpoint says which run it belongs to
+    (`resume_point`). Built here so that importing this module (for `--help`) does not import transformers."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
@@ -85,6 +86,8 @@ def progress_callback(label: str, trainer: Any):
 
         def on_train_begin(self, args, state, control, **kwargs):
             saved = trainer.run_state.callbacks.get(CLOCK)
+            if settings is not None:
+                trainer.run_state.callbacks[SETTINGS] = settings
             self.last = state.global_step
             if saved is not None:
                 self.before = (saved["wall"], saved["cpu"])
@@ -105,7 +108,9 @@ def progress_callback(label: str, trainer: Any):
     return Progress()
 
 
-CLOCK = "compare_clock"  # the progress callback's entry in `RunState.callbacks`
+CLOCK = "compare_clock"  # the progress callback's entries in `RunState.callbacks`: the clock,
+SETTINGS = "compare_settings"  # and the run's settings (`run_settings`)
+LEGACY_SETTINGS = "settings.json"  # where checkpoints of psft before `SETTINGS` kept them: beside, not inside
 
 
 def _duration(seconds: float) -> str:
@@ -152,7 +157,7 @@ def run_method(
             "checker": config.checker or infer_checker(load_records(in_domain + general)),
         },
     ).attach(trainer)
-    progress = progress_callback(label or run["id"], trainer)
+    progress = progress_callback(label or run["id"], trainer, run_settings(config, run))
     trainer.add_callback(progress)  # after the evaluator: see progress_callback
     trainer.train(resume_from_checkpoint=checkpoint)
     runtime, cpu = progress.elapsed()
@@ -193,28 +198,33 @@ def run_method(
     }
 
 
-SETTINGS = "settings.json"  # a run in flight: the settings its checkpoints were made with
-
-
 def resume_point(config: CompareConfig, run: dict[str, Any], out_dir: Path) -> str | None:
     """The checkpoint an interrupted run resumes from (its last complete one), or None to start it afresh.
-    Only with `checkpoint_every`; a checkpoint made with other settings is refused in one line."""
+    Only with `checkpoint_every`; a checkpoint made with other settings, or one that does not say which
+    settings made it, is refused in one line."""
     from psft.core.checkpoint import last_complete_checkpoint
+    from psft.core.run_state import saved_callback_state
 
     if not config.checkpoint_every:
         return None
-    settings = run_settings(config, run)
     checkpoint = last_complete_checkpoint(str(out_dir)) if out_dir.is_dir() else None
-    if checkpoint is not None:
-        path = out_dir / SETTINGS
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved != settings:
-            changed = changed_settings(settings, saved or {})
-            raise UserError(
-                f"{checkpoint}: an unfinished run made with other settings ({', '.join(changed) or 'unknown'}); "
-                "delete that run directory to rerun it"
-            )
-    _write_json(out_dir / SETTINGS, settings)
+    if checkpoint is None:
+        return None
+    saved = saved_callback_state(checkpoint, SETTINGS)
+    legacy = out_dir / LEGACY_SETTINGS
+    if saved is None and legacy.is_file():
+        saved = json.loads(legacy.read_text())
+    if saved is None:
+        raise UserError(
+            f"{checkpoint}: an unfinished run whose settings are not recorded (neither in its run state nor in "
+            f"{LEGACY_SETTINGS} beside it); delete that run directory to rerun it"
+        )
+    settings = run_settings(config, run)
+    if saved != settings:
+        raise UserError(
+            f"{checkpoint}: an unfinished run made with other settings "
+            f"({', '.join(changed_settings(settings, saved)) or 'unknown'}); delete that run directory to rerun it"
+        )
     return checkpoint
 
 
@@ -226,7 +236,7 @@ def _discard_checkpoints(config: CompareConfig, out_dir: Path) -> None:
     for path in found:
         shutil.rmtree(path, ignore_errors=True)
     remove_staging(str(out_dir))  # a save cut short earlier
-    (out_dir / SETTINGS).unlink(missing_ok=True)
+    (out_dir / LEGACY_SETTINGS).unlink(missing_ok=True)
     if found and not config.save_models:  # TRL's model card, written with each checkpoint, of no model kept
         (out_dir / "README.md").unlink(missing_ok=True)
 
