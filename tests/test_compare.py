@@ -351,6 +351,34 @@ def test_seeds_change_the_data_order_and_jobs_run_side_by_side(tmp_path):
     assert report["summary"]["groups"][0]["seeds"] == [0, 1]
 
 
+@pytest.mark.slow
+def test_a_failed_run_stops_the_runs_in_flight_at_their_next_step(tmp_path, capsys):
+    """`--jobs 2`: when one run fails, the other stops at its next step (with a checkpoint to resume from)
+    instead of running to its end after the error was printed (~30 s)."""
+    config = CompareConfig(
+        methods=[
+            # diverges at once: its second non-finite step in a row ends it
+            {"name": "boom", "loss_type": "sft", "learning_rate": 1e30, "max_nonfinite_steps": 1},
+            {"name": "long", "loss_type": "sft", "learning_rate": 1e-4, "max_steps": 2_000},
+        ],
+        training={"per_device_train_batch_size": 4, "max_steps": 6, "max_length": 128, "assistant_only_loss": True},
+        eval_size=2,
+        ood_eval_size=1,
+        eval_every=100_000,
+        max_new_tokens=8,
+        checkpoint_every=100_000,  # the only checkpoint is the one SIGTERM writes
+        output_dir=str(tmp_path),
+    )
+    with pytest.raises(UserError, match="non-finite"):
+        compare(config, jobs=2)
+    assert "stopping the runs in flight at their next step" in capsys.readouterr().err
+    long = tmp_path / "long-seed0"
+    assert not (long / "result.json").exists() and not (long / "psft.lock").exists()  # not recorded as finished
+    (checkpoint,) = long.glob("checkpoint-*")  # written when it stopped, long before its 2,000 steps
+    assert 0 < int(checkpoint.name.split("-")[1]) < 500
+    assert not (tmp_path / "psft.lock").exists()  # the compare's own claim on the directory, released
+
+
 def test_demo_quick_end_to_end_writes_a_well_formed_report_and_plots(tmp_path, capsys):
     assert main(["demo", "--quick", "--output_dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())

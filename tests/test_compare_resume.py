@@ -2,6 +2,8 @@
 an uninterrupted run writes (evaluations, training curves, per-prompt results), not a record of its last piece."""
 
 import json
+import os
+import socket
 
 import pytest
 import torch
@@ -41,8 +43,8 @@ def _die_at(monkeypatch, step: int) -> None:
     """Make the next run raise at the end of optimizer step `step` (after that step's evaluation)."""
     real = runner.progress_callback
 
-    def dying(label, trainer, settings):
-        callback = real(label, trainer, settings)
+    def dying(*args):
+        callback = real(*args)
         on_step_end = callback.on_step_end
 
         def end(args, state, control, **kwargs):
@@ -145,3 +147,19 @@ def test_checkpoint_every_is_checked_before_anything_trains(tmp_path):
     config.methods[0]["rollout_epochs"] = 2
     with pytest.raises(UserError, match="rollout_epochs > 1 cannot resume"):
         compare(config)
+
+
+def test_a_directory_another_compare_is_writing_to_is_refused_at_once(tmp_path):
+    """Two `psft compare` into one directory would train the same unfinished runs twice, side by side."""
+    (tmp_path / "psft.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(UserError, match=r"output_dir .* is in use by another run \(pid"):
+        compare(_config(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["psft.lock"]  # nothing written, nothing trained
+
+
+def test_an_option_the_trainer_refuses_is_refused_before_any_run_trains(tmp_path):
+    config = _config(tmp_path)
+    config.methods.append({"name": "smooth", "loss_type": "sft", "label_smoothing_factor": 0.1})
+    with pytest.raises(UserError, match=r"method 'smooth': label_smoothing_factor=0.1 is not supported"):
+        compare(config)
+    assert not any(tmp_path.iterdir())

@@ -277,6 +277,8 @@ def validate_plan(config: CompareConfig, quiet: bool = False) -> list[dict[str, 
     into a sweep): the runs (`CompareConfig.runs`), `train_size`, `reference_method`, and every setting's
     `PSFTConfig` (field names, loss_type, values). Each setting's config warnings are printed once, with its name (unless `quiet`).
     Returns the runs."""
+    from psft.core.guards import check_honoured_options
+
     plan = config.runs()
     size = config.train_size
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
@@ -300,6 +302,10 @@ def validate_plan(config: CompareConfig, quiet: bool = False) -> list[dict[str, 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             args = training_arguments(config, run, Path(config.output_dir) / run["id"])
+        try:  # what PSFTTrainer refuses (label smoothing, Liger, ...): refused here, before any run trains
+            check_honoured_options(args)
+        except UserError as err:
+            raise UserError(f"method {run['name']!r}: {err}") from None
         if config.checkpoint_every and args.rollout_epochs > 1:
             raise UserError(
                 f"method {run['name']!r}: a run with rollout_epochs > 1 cannot resume from a checkpoint; set "

@@ -62,13 +62,17 @@ def _group_accuracy(logs: dict[str, float], tasks: list[str]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def progress_callback(label: str, trainer: Any, settings: dict[str, Any] | None = None):
+def progress_callback(
+    label: str, trainer: Any, settings: dict[str, Any] | None = None, save_on_stop: bool = False
+):
     """A TrainerCallback printing one line per tenth of the run: step / total, elapsed, ETA (evaluation time
     included in the rate), and keeping the run's wall and CPU time (`elapsed`). Its clock starts when it is
     built; it goes into `trainer.run_state` at every step (add it after the evaluation callback, so that an
     evaluation at a checkpoint's step is counted), so that a resumed run's times are the whole run's. The run's
     compare `settings` go into the run state too: every checkpoint says which run it belongs to
-    (`resume_point`). Built here so that importing this module (for `--help`) does not import transformers."""
+    (`resume_point`). When another run of `--jobs` failed it stops training at the step's end (`stopped`),
+    with a checkpoint if `save_on_stop`. Built here so that importing this module (for `--help`) does not import
+    transformers."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
@@ -76,6 +80,7 @@ def progress_callback(label: str, trainer: Any, settings: dict[str, Any] | None 
             self.start, self.cpu_start = time.time(), time.process_time()
             self.before = (0.0, 0.0)  # wall and CPU seconds of the run before it was resumed
             self.last = 0
+            self.stopped = False
 
         def elapsed(self) -> tuple[float, float]:
             """The run's wall and CPU seconds so far, earlier pieces of a resumed run included."""
@@ -96,6 +101,12 @@ def progress_callback(label: str, trainer: Any, settings: dict[str, Any] | None 
         def on_step_end(self, args, state, control, **kwargs):
             wall, cpu = self.elapsed()
             trainer.run_state.callbacks[CLOCK] = {"wall": wall, "cpu": cpu}
+            # another run of `--jobs` failed: stop here (with a checkpoint, when the run can resume from it)
+            if _stop_requested():
+                self.stopped = True
+                control.should_save = save_on_stop
+                control.should_training_stop = True
+                return
             step, total = state.global_step, max(state.max_steps, 1)
             if step - self.last < max(1, total // 10) and step != total:
                 return
@@ -157,9 +168,16 @@ def run_method(
             "checker": config.checker or infer_checker(load_records(in_domain + general)),
         },
     ).attach(trainer)
-    progress = progress_callback(label or run["id"], trainer, run_settings(config, run))
+    progress = progress_callback(
+        label or run["id"], trainer, run_settings(config, run), bool(config.checkpoint_every)
+    )
     trainer.add_callback(progress)  # after the evaluator: see progress_callback
     trainer.train(resume_from_checkpoint=checkpoint)
+    if progress.stopped:
+        resume = "; it resumes from its checkpoint" if config.checkpoint_every else ""
+        raise StoppedRun(
+            f"{label or run['id']}: stopped at step {trainer.state.global_step} (another run failed){resume}"
+        )
     runtime, cpu = progress.elapsed()
     if config.save_models:
         trainer.save_model(str(out_dir))
@@ -263,6 +281,8 @@ def _planned_steps(trainer) -> int:
 
 def _execute(config: CompareConfig, run: dict[str, Any], label: str, threads: int | None) -> dict[str, Any]:
     """Train one run and write its `result.json` at once (in the worker, so a later crash loses nothing)."""
+    if _stop_requested():  # queued before another run failed, and not cancelled in time
+        raise StoppedRun(f"{label}: not started (another run failed)")
     if threads:  # one worker of `--jobs`: its share of the CPUs, chosen and announced by the parent
         configure_threads(threads, announce=False)
     out_dir = Path(config.output_dir) / run["id"]
@@ -275,12 +295,23 @@ def _execute(config: CompareConfig, run: dict[str, Any], label: str, threads: in
 def compare(config: CompareConfig, jobs: int = 1) -> dict[str, Any]:
     """Run every planned run not already finished in `config.output_dir` (each writes its `result.json` when it
     ends), `jobs` at a time, then write the report, the table and the plots. Returns the report."""
+    from psft.core.lock import acquire_lock, release_lock
+
     plan = validate_plan(config)  # before anything is written or trained
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(str(out))  # a second compare into the same directory is refused at once
+    try:
+        return _compare(config, plan, out, jobs)
+    finally:
+        release_lock(lock)
+
+
+def _compare(config: CompareConfig, plan: list[dict[str, Any]], out: Path, jobs: int) -> dict[str, Any]:
     done = {run["id"] for run in plan if _finished(out, config, run) is not None}  # refuses changed settings
-    _write_json(out / "config.json", asdict(config))  # only then: `--report` reads the plan from it
     todo = [(index, run) for index, run in enumerate(plan, start=1) if run["id"] not in done]
+    for _, run in todo:  # and unfinished runs' checkpoints made with other settings, before any run starts
+        resume_point(config, run, out / run["id"])
+    _write_json(out / "config.json", asdict(config))  # only then: `--report` reads the plan from it
     settings = len({r["name"] for r in plan})
     console.print(
         f"[bold]psft compare[/bold]: {len(plan)} runs ({settings} settings x {len(config.seeds)} seed(s)) into "
@@ -323,11 +354,33 @@ def _execute_all(config: CompareConfig, todo: list, total: int, jobs: int, threa
             yield _execute(config, run, labels[run["id"]], threads)
         return
     # spawn, not fork: the parent may hold torch/OpenMP thread pools that a forked child must not inherit
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_set_stop_event, initargs=(stop,)) as pool:
         futures = [pool.submit(_execute, config, run, labels[run["id"]], threads) for _, run in todo]
         try:
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # one run failed (or Ctrl-C): no queued run starts, and the runs in flight stop at their next step
+            # rather than running on for an hour after the error was printed
+            stop.set()
+            console.print("stopping the runs in flight at their next step")
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+_stop_event: Any = None  # in a `--jobs` worker: set by the parent when another run failed
+
+
+def _set_stop_event(event: Any) -> None:
+    global _stop_event
+    _stop_event = event
+
+
+def _stop_requested() -> bool:
+    return _stop_event is not None and _stop_event.is_set()
+
+
+class StoppedRun(RuntimeError):
+    """A `--jobs` run stopped because another run failed: not finished, so no record is written."""
