@@ -120,6 +120,12 @@ CLAIMS = (
 )
 
 
+def _over_targets(targets: list[float]) -> str:
+    if not targets:
+        return "no held-out NLL target (see Matched held-out NLL)"
+    return f"mean over {len(targets)} held-out NLL targets"
+
+
 def claims(
     data: _Data, methods: list[str], reference: str, frontier: list, matched: list, equal: list
 ) -> list:
@@ -163,12 +169,11 @@ def claims(
         effects = {
             "frontier": (frontier_effect, ACCURACY_MARGIN, "points", 100,
                          f"mean over in-domain levels {_ranges(levels) or '-'}"),
-            "matched_nll": (nll_effect, ACCURACY_MARGIN, "points", 100,
-                            f"mean over {len(targets)} held-out NLL targets"),
+            "matched_nll": (nll_effect, ACCURACY_MARGIN, "points", 100, _over_targets(targets)),
             "entropy_step": (entropy_effect, ENTROPY_MARGIN, "nats", 1,
                              f"mean over {len(pairs)} equal-learning-rate pair(s) and every logged step"),
             "entropy_nll": (lambda s, pt: nll_effect(s, pt, "entropy"), ENTROPY_MARGIN, "nats", 1,
-                            f"mean over {len(targets)} held-out NLL targets"),
+                            _over_targets(targets)),
         }  # fmt: skip
         for key, text in CLAIMS:
             fn, margin, unit, scale, over = effects[key]

@@ -268,7 +268,9 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
             "## Matched held-out NLL",
             "",
             "Held-out NLL: per token, of the in-domain test demonstrations, measured at every evaluation. At each "
-            "target NLL (between the base model's and the lowest every seed of both methods reaches), each run's "
+            "target NLL (between the base model's and the lowest every seed of both methods reaches; a target every "
+            "run reaches before its first evaluation after step 0 is left out, as there every run's value is "
+            "interpolated from the same base model), each run's "
             "out-of-domain accuracy and entropy are interpolated where its held-out NLL first falls to the target; "
             "a method's value is the best accuracy (mean entropy) over its runs. Gaps against "
             f"`{summary['reference']}`, paired by seed and prompt: accuracy in points, entropy in nats; verdicts "
@@ -278,7 +280,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
         for m in summary["matched_nll"]:
             if not m["targets"]:
                 lines.append(f"- {m['method']} vs {m['reference']}: no held-out NLL target reached by every seed "
-                             "of both (or no held-out NLL recorded); no comparison.")  # fmt: skip
+                             "of both after the first evaluation (or no held-out NLL recorded); no comparison.")  # fmt: skip
         if matched:
             lines += [
                 "| method | held-out NLL target | out-of-domain gap | entropy gap |",
