@@ -379,7 +379,7 @@ def test_a_failed_run_stops_the_runs_in_flight_at_their_next_step(tmp_path, caps
         ood_eval_size=1,
         eval_every=100_000,
         max_new_tokens=8,
-        checkpoint_every=100_000,  # the only checkpoint is the one SIGTERM writes
+        checkpoint_every=100_000,  # the only checkpoint is the one written when the run stops
         output_dir=str(tmp_path),
     )
     with pytest.raises(UserError, match="non-finite"):

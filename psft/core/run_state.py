@@ -131,7 +131,7 @@ class RunState:
 def saved_callback_state(checkpoint: str, name: str, process_index: int = 0) -> Any:
     """A callback's entry in the run state that `checkpoint` holds (None if it has none), read without a
     trainer: what a tool checks before it resumes (`psft compare`: which run a checkpoint belongs to)."""
-    path = os.path.join(checkpoint, RUN_STATE.format(process_index))
-    if not os.path.isfile(path):
+    state = RunState()
+    if not state.load(checkpoint, process_index):
         return None
-    return (torch.load(path, weights_only=True).get("callbacks") or {}).get(name)
+    return state.callbacks.get(name)
