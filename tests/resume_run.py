@@ -1,5 +1,5 @@
 """A tiny PSFT run for the resume tests, run as a subprocess:
-`python resume_run.py OUT [--kill-saving STEP | --sigterm-at STEP] [--resume]`.
+`python resume_run.py OUT [--kill-saving STEP | --sigterm-at STEP] [--resume] [--tied]`.
 
 With `--kill-saving STEP` the process SIGKILLs itself in the middle of writing checkpoint STEP (model written,
 optimizer not yet). With `--sigterm-at STEP` rank 0 is sent SIGTERM (as a scheduler would) when optimizer step STEP
@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--sigterm-at", type=int, default=-1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--engine", choices=sorted(ENGINES))
+    parser.add_argument(
+        "--tied", action="store_true", help="a model whose output head is its input embedding"
+    )
     cli = parser.parse_args()
     torch.set_num_threads(1)
     if cli.engine is None:
@@ -68,7 +71,7 @@ def main() -> None:
     )
     KilledWhileSaving.kill_at = cli.kill_saving
     trainer = KilledWhileSaving(
-        model=make_tiny_llama(TOKENIZER, seed=0),
+        model=make_tiny_llama(TOKENIZER, seed=0, tie_word_embeddings=cli.tied),
         args=args,
         train_dataset=prompt_completion_data(40),
         processing_class=TOKENIZER,
@@ -82,6 +85,9 @@ def main() -> None:
             torch.distributed.destroy_process_group()
         sys.exit(143)
     if cli.engine is None:
+        if cli.tied:  # the checkpoint stores the shared tensor once; a resume must not leave two
+            model = trainer.model
+            assert model.lm_head.weight is model.get_input_embeddings().weight, "the tie was lost"
         trainer.save_model(os.path.join(cli.out, "final"))
         return
     params = full_params(trainer)

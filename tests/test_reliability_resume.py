@@ -98,3 +98,22 @@ def test_publish_replaces_an_existing_checkpoint_and_leaves_no_staging(tmp_path)
     publish(str(staged), str(final))
     assert (final / "weights").read_text() == "new"
     assert not (tmp_path / "tmp-checkpoint-4").exists()
+
+
+def test_a_tied_embedding_model_resumes_exactly_and_stays_tied(tmp_path):
+    """Most small instruct models (SmolLM2, the study's) tie the output head to the input embedding: the checkpoint
+    stores that tensor once and transformers warns of a "missing" lm_head.weight on resume. The resumed run must still
+    end with the uninterrupted run's parameters and one shared tensor (resume_run.py asserts the tie at the end)."""
+    whole = run(tmp_path / "whole", "--tied")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "run"
+    assert run(out, "--tied", "--sigterm-at", "4").returncode == 143
+    stored = load_file(out / "checkpoint-5" / "model.safetensors")
+    # stored once: the tie is what the resume must restore
+    assert "model.embed_tokens.weight" in stored and "lm_head.weight" not in stored
+    resumed = run(out, "--tied", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, after = final_params(tmp_path / "whole"), final_params(out)
+    assert expected.keys() == after.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(after[name], value, atol=0, rtol=0, msg=name)

@@ -57,8 +57,10 @@ def make_tiny_llama(
     intermediate_size: int = 64,
     max_position_embeddings: int = 512,
     seed: int = 0,
+    tie_word_embeddings: bool = False,
 ) -> LlamaForCausalLM:
-    """A randomly initialised Llama sized for the tokenizer, deterministic in `seed`."""
+    """A randomly initialised Llama sized for the tokenizer, deterministic in `seed`; `tie_word_embeddings` shares
+    the output head with the input embedding, as most small instruct models (SmolLM2, Qwen2.5-0.5B, Gemma) do."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -70,7 +72,7 @@ def make_tiny_llama(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
