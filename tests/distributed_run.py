@@ -3,10 +3,11 @@
     torchrun --standalone --nproc_per_node 2 tests/distributed_run.py OUT.pt SPEC.json
 
 SPEC is `{"engine": "fsdp2", "runs": {"name": {training-argument overrides}, ...}}` (`records`: the number of
-training records, default 64; `nan_steps`: steps whose loss is made NaN): the runs are trained one after
-the other in the same processes (one start-up for all of them) with the engine of `engines.py` (ddp, fsdp2, zero2,
-zero3). OUT gets, per run, the final parameters gathered whole, the logging-step entries, the precomputed reference
-table if there is one, and the engine the Trainer really used, so a test can refuse a silent fallback to DDP.
+training records, default 64; `nan_steps`: steps whose loss is made NaN; `tied`: a model whose output head is its
+input embedding): the runs are trained one after the other in the same processes (one start-up for all of them)
+with the engine of `engines.py` (ddp, fsdp2, zero2, zero3). OUT gets, per run, the final parameters gathered
+whole, the logging-step entries, the precomputed reference table if there is one, and the engine the Trainer
+really used, so a test can refuse a silent fallback to DDP.
 """
 
 import json
@@ -68,17 +69,22 @@ class StepSnapshots(TrainerCallback):
 def train(out_dir: Path, engine: str, overrides: dict) -> dict:
     NaNAt.nan_steps = tuple(overrides.pop("nan_steps", ()))
     records = overrides.pop("records", 64)
+    tied = overrides.pop("tied", False)
     snapshots = StepSnapshots()
     trainer = make_trainer(
         out_dir,
         data=prompt_completion_data(records),
         trainer_cls=NaNAt,
         callbacks=[snapshots] if NaNAt.nan_steps else None,
+        tied=tied,
         **ENGINES[engine],
         **overrides,
     )
     snapshots.trainer = trainer
     trainer.train()
+    if tied:  # the engine kept one shared tensor (it may wrap or shard it, but never split it in two)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        assert model.lm_head.weight is model.get_input_embeddings().weight, f"{engine} untied the embeddings"
     table = out_dir / "out" / REFERENCE_FILE
     return {
         "snapshots": snapshots.by_step,

@@ -24,6 +24,9 @@ SHIM = HERE / "fsdp_on_cpu"
 # that the second mini-batch of each rollout clips
 TRAIN = dict(max_steps=4, mini_batches_per_rollout=2, learning_rate=0.01, gradient_accumulation_steps=2)
 MATCH = {"psft": dict(loss_type="psft", **TRAIN), "sft": dict(loss_type="sft", **TRAIN)}
+# a model whose output head is its input embedding (SmolLM2, Qwen2.5 up to 3B, Llama 3.2): one tensor that gets
+# two gradients, which every engine must sum and shard as one
+TIED = {"psft_tied": dict(loss_type="psft", tied=True, **TRAIN)}
 # precomputed reference log-probs, scored by each process on its shard
 KL = {"sft_kl": dict(loss_type="sft_kl", reference="precompute", **TRAIN)}
 # the reference precomputed on data that does not divide evenly across the processes (65 records, shards of 33
@@ -53,10 +56,10 @@ NAN = {
     )
 }
 LAUNCHES = {
-    "ddp": {**MATCH, **KL, **UNEVEN},
-    "fsdp2": {**MATCH, **EXACT, **KL_COPY, **UNEVEN},
-    "zero2": {**MATCH, **NAN, **UNEVEN},
-    "zero3": {**MATCH, **NAN, **KL_COPY, **EXACT, **UNEVEN},
+    "ddp": {**MATCH, **KL, **UNEVEN, **TIED},
+    "fsdp2": {**MATCH, **EXACT, **KL_COPY, **UNEVEN, **TIED},
+    "zero2": {**MATCH, **NAN, **UNEVEN, **TIED},
+    "zero3": {**MATCH, **NAN, **KL_COPY, **EXACT, **UNEVEN, **TIED},
 }
 PARAM_TOLERANCE = (
     2e-6  # measured: DDP 2e-7, FSDP2 2.6e-7, ZeRO-2 4.2e-7, ZeRO-3 9.1e-7 after 4 steps at lr 0.01
@@ -92,7 +95,7 @@ def train(tmp_path: Path, name: str, nproc: int, engine: str, runs: dict, batch:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The reference: 1 process at twice the per-device batch."""
-    return train(tmp_path_factory.mktemp("one"), "one", 1, "ddp", {**MATCH, **KL, **UNEVEN}, batch=8)
+    return train(tmp_path_factory.mktemp("one"), "one", 1, "ddp", {**MATCH, **KL, **UNEVEN, **TIED}, batch=8)
 
 
 def max_param_diff(a: dict, b: dict) -> float:
@@ -124,6 +127,9 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, one_proc
                 assert x["ratio/max"] == pytest.approx(y["ratio/max"], rel=1e-5)
     if "psft" in two:
         assert max(log["clip_ratio/high"] for log in one_process["psft"]["logs"]) > 0  # clipping is exercised
+    if "psft_tied" in two:  # the tied model really is tied: its head is no parameter of its own
+        assert "lm_head.weight" in one_process["psft"]["params"]
+        assert "lm_head.weight" not in one_process["psft_tied"]["params"]
     for name, records in (("sft_kl", 64), ("sft_kl_uneven", 65)):
         if name not in two:
             continue

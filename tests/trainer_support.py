@@ -45,11 +45,12 @@ def common_args(**overrides):
     return args
 
 
-def make_trainer(tmp_path, data=None, trainer_cls=PSFTTrainer, callbacks=None, **overrides):
+def make_trainer(tmp_path, data=None, trainer_cls=PSFTTrainer, callbacks=None, tied=False, **overrides):
+    """A trainer on the tiny Llama (`tied`: its output head is its input embedding) and the given data."""
     config_cls = SFTConfig if trainer_cls is SFTTrainer else PSFTConfig
     args = config_cls(**common_args(output_dir=str(tmp_path / "out"), **overrides))
     return trainer_cls(
-        model=make_tiny_llama(TOKENIZER, seed=0),
+        model=make_tiny_llama(TOKENIZER, seed=0, tie_word_embeddings=tied),
         args=args,
         train_dataset=data if data is not None else prompt_completion_data(),
         processing_class=TOKENIZER,
