@@ -1,6 +1,6 @@
 """Tables and claims of the README and the docs that quote committed reports are generated, never typed: each
-sits between `<!-- generated: KIND REPORT.json -->` (KIND: results-table, per-task-table, claims or claims-holding) and
-`<!-- /generated -->`, and `python docs/gen_tables.py` rewrites every such block from its report
+sits between `<!-- generated: KIND REPORT.json -->` (KIND: results-table, per-task-table, cost-table, claims or
+claims-holding) and `<!-- /generated -->`, and `python docs/gen_tables.py` rewrites every such block from its report
 (tests/test_readme.py fails when one differs from its report)."""
 
 from __future__ import annotations
@@ -41,6 +41,14 @@ def per_task_table(report_path: str) -> str:
 
     report = json.loads((ROOT / report_path).read_text())
     return "".join(line + "\n" for line in tasks_table(report["summary"]))
+
+
+def cost_table(report_path: str) -> str:
+    """The minutes per run by method, wall and CPU, of a report.json (`report.cost_table`)."""
+    from psft.experiments.report import cost_table as table
+
+    report = json.loads((ROOT / report_path).read_text())
+    return "".join(line + "\n" for line in table(report["runs"]))
 
 
 VERDICT_ORDER = ("holds", "does not hold", "not resolved")
@@ -84,6 +92,7 @@ def claims_holding(report_path: str) -> str:
 GENERATORS = {
     "results-table": results_table,
     "per-task-table": per_task_table,
+    "cost-table": cost_table,
     "claims": claims,
     "claims-holding": claims_holding,
 }

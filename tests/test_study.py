@@ -9,7 +9,7 @@ from psft.errors import UserError
 from psft.experiments.analysis import summarize
 from psft.experiments.plan import CompareConfig, eval_schedule, full_preset, validate_plan
 from psft.experiments.presets import FULL_METHODS, FULL_SEEDS
-from psft.experiments.report import render_markdown
+from psft.experiments.report import cost_table, render_markdown
 from psft.experiments.runner import training_set
 from psft.experiments.store import EVAL_FORMAT, run_settings
 
@@ -107,6 +107,28 @@ def test_report_shows_each_evaluation_set_apart_with_the_base():
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
     assert rows["base (step 0)"].startswith("| base (step 0) | - | 0.0 | 100.0 | 50.0")
     assert "| m | 2 | 75.0 " in text
+    assert "## Cost" in text and "| all | 4 | | | | | - | - |" in text  # these runs record no times
+
+
+def test_cost_table_gives_median_and_range_per_method_and_the_summed_hours():
+    runs = [
+        {"method": "sft", "train_s": 3000, "eval_s": 600, "train_cpu_s": 2400, "eval_cpu_s": 480},
+        {"method": "sft", "train_s": 4200, "eval_s": 900, "train_cpu_s": 2724, "eval_cpu_s": 570},
+        {"method": "sft", "train_s": 3600, "eval_s": 780, "train_cpu_s": 2580, "eval_cpu_s": 516},
+        {"method": "psft", "train_s": 4500, "eval_s": 660},  # an older record: no CPU times
+    ]
+    header, rule, sft, psft, total = cost_table(runs)
+    assert header.startswith("| method | runs | training, wall | training, CPU |") and rule.startswith(
+        "|---|"
+    )
+    # minutes: training wall 50/70/60 -> median 60 (50-70); CPU 40/45.4/43; evaluation wall 10/15/13, CPU
+    # 8/9.5/8.6 (all under 10 minutes: tenths); whole run wall 60/85/73, CPU 48/54.9/51.6
+    assert (
+        sft == "| sft | 3 | 60 (50-70) | 43 (40-45) | 13 (10-15) | 8.6 (8.0-9.5) | 73 (60-85) | 52 (48-55) |"
+    )
+    assert psft == "| psft | 1 | 75 | - | 11 | - | 86 | - |"  # one run: its value, no range
+    # hours summed over the runs: wall (3600 + 5100 + 4380 + 5160) s = 5.07 h; CPU unknown for one run
+    assert total == "| all | 4 | | | | | 5.1 h | - |"
 
 
 def test_study_config_parses_and_validates():

@@ -6,6 +6,7 @@ machine-readable in report.json)."""
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,46 @@ def tasks_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+COST_HELP = (
+    "Minutes per finished run, by method: median (range) of the wall time, which includes any wait for the cores "
+    "(runs side by side, other work on the machine), and of the CPU time, what an idle core would take. A resumed "
+    "run counts every piece. Training includes the old-policy pass and any reference table; evaluation is every "
+    "evaluation of the run, step 0 included. The last row sums every run (with `--jobs N` the elapsed time is "
+    "about that over N)."
+)
+
+
+def cost_table(runs: list[dict[str, Any]]) -> list[str]:
+    """The cost table's lines: per method, training, evaluation and whole-run minutes (wall and CPU, median and
+    range over its runs), and a row for all runs with the summed hours; a run without CPU times shows "-"."""
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "-"
+        lo, mid, hi = (v / 60 for v in (min(values), statistics.median(values), max(values)))
+        d = 1 if hi < 10 else 0  # tenths for short runs
+        return f"{mid:.{d}f}" if len(values) == 1 else f"{mid:.{d}f} ({lo:.{d}f}-{hi:.{d}f})"
+
+    def times(group: list[dict[str, Any]], *keys: str) -> list[float]:
+        return [sum(r[k] for k in keys) for r in group if all(r.get(k) is not None for k in keys)]
+
+    columns = (("train_s",), ("train_cpu_s",), ("eval_s",), ("eval_cpu_s",), ("train_s", "eval_s"),
+               ("train_cpu_s", "eval_cpu_s"))  # fmt: skip
+    lines = [
+        "| method | runs | training, wall | training, CPU | evaluation, wall | evaluation, CPU | run, wall | run, CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method in dict.fromkeys(r["method"] for r in runs):
+        group = [r for r in runs if r["method"] == method]
+        lines.append(
+            f"| {method} | {len(group)} | " + " | ".join(cell(times(group, *k)) for k in columns) + " |"
+        )
+    totals = [times(runs, "train_s", "eval_s"), times(runs, "train_cpu_s", "eval_cpu_s")]
+    wall, cpu = (f"{sum(t) / 3600:.1f} h" if len(t) == len(runs) else "-" for t in totals)
+    lines.append(f"| all | {len(runs)} | | | | | {wall} | {cpu} |")
+    return lines
+
+
 def _num(value: float | None, scale: float = 100) -> str:
     return "-" if value is None else f"{scale * value:.1f}"
 
@@ -214,14 +255,8 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     ]
     runs = report["runs"]
     if runs:
-        train = sum(r.get("train_s", 0) for r in runs) / len(runs)
-        evaluation = sum(r.get("eval_s", 0) for r in runs) / len(runs)
         steps = sorted({e["step"] for r in runs for e in r.get("evals", [])})
-        lines += [
-            "",
-            f"Wall time per run: {train:.0f} s training and {evaluation:.0f} s evaluation on average. "
-            f"Evaluated at steps {', '.join(map(str, steps))}.",
-        ]
+        lines += ["", f"Evaluated at steps {', '.join(map(str, steps))}; time per run: [Cost](#cost)."]
     if report["missing"]:
         lines += ["", f"Not finished (not in any number below): {', '.join(report['missing'])}."]
     if summary.get("groups"):
@@ -313,6 +348,8 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
         lines += ["", "## Plots", ""]
         for name in plots:
             lines += [f"![{name}]({name})", "", PLOT_CAPTIONS.get(name, ""), ""]
+    if runs:
+        lines += ["", "## Cost", "", COST_HELP, "", *cost_table(runs)]
     claims = summary.get("claims") or []
     if claims:
         lines += [
