@@ -6,11 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# two-sided 95% quantiles of Student's t, by degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)  # fmt: skip
-
+from psft.experiments import stats
 
 LEVEL_STEP = 0.05  # in-domain accuracy levels at which frontiers are compared
 
@@ -43,13 +39,10 @@ NLL_TARGETS = 6  # matched held-out NLL levels between the base model's and the 
 
 
 def t_quantile(df: int) -> float:
-    """t(0.975, df): a table up to 30, then the Cornish-Fisher expansion around the normal quantile."""
+    """t(0.975, df), the two-sided 95% quantile of Student's t (`stats.t_quantile`)."""
     if df < 1:
         raise ValueError("degrees of freedom must be >= 1")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    return stats.t_quantile(0.975, df)
 
 
 def estimate(values: list[float]) -> dict[str, Any]:

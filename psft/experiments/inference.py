@@ -4,6 +4,7 @@ claims table."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -158,7 +159,7 @@ def _bootstrap(data: _Data, seeds: list[int], per_seed) -> dict[str, Any]:
     draws = data.seed_draws(len(seeds))
     reps = values[draws, np.arange(data.reps)[:, None]].mean(axis=1)
     est = float(point.mean()) if np.isfinite(point).all() else np.nan
-    out = stats.summarize_replicates(est, reps)
+    out = stats.seed_corrected(stats.summarize_replicates(est, reps), point, values.mean(axis=0))
     out["n"] = len(seeds)
     if len(seeds) < 2:  # the seed noise is not measured: an interval over prompts alone, and no test
         out["p"] = None
@@ -221,7 +222,7 @@ def _test(est: dict[str, Any], margin: float) -> dict[str, Any]:
     """Adds the TOST p-value of "|gap| >= margin" to a bootstrap estimate."""
     est = dict(est)
     testable = est.get("se") is not None and est.get("p") is not None
-    est["tost_p"] = stats.tost(est["mean"], est["se"], margin) if testable else None
+    est["tost_p"] = stats.tost(est["mean"], est["se"], margin, est.get("df", math.inf)) if testable else None
     est["margin"] = margin
     return est
 

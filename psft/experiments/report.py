@@ -126,7 +126,9 @@ NOISE_TEXT = (
     "Intervals on accuracies, held-out NLL and gaps come from a bootstrap over both ({reps} replicates): each "
     "replicate draws the seeds with replacement and the prompts with replacement (one draw shared by every seed, "
     "since every run is scored on the same prompts), and the same draws serve both methods of a comparison, so "
-    "gaps are paired by seed and prompt. p-values are normal approximations from the bootstrap standard error. "
+    "gaps are paired by seed and prompt. Few seeds are corrected for: the standard error takes the unbiased "
+    "variance across seeds plus the prompt variance, p-values use Student's t on Welch-Satterthwaite degrees of "
+    "freedom (S - 1 when the seeds dominate), and each interval is at least the estimate ± t × se. "
     "Verdicts: within each table (every method and level of it), p-values are Holm-adjusted (family-wise error "
     'at most 5% per table); "above"/"below" when the adjusted test of no difference rejects, "equivalent '
     'within ±m" only when the adjusted two one-sided tests (TOST, margin m = {acc} points for accuracies, '
