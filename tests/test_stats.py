@@ -81,6 +81,22 @@ def test_student_t_against_its_table_and_closed_forms():
     assert stats.z_test(2.0, 1.0, df=3) == pytest.approx(2 * (1 - 0.930337), abs=1e-5)
 
 
+def test_student_t_at_huge_degrees_of_freedom_is_the_normal():
+    """Two seeds whose gaps agree up to float rounding (0.41 - 0.45 and 0.44 - 0.48) leave a seed variance of
+    ~1e-34 and Welch-Satterthwaite df ~1e30; the t distribution there must be the normal's, not the +/- 5e22
+    interval the incomplete beta's lost digits once gave (SmolLM2 study, SFT-KL at 1e-4)."""
+    for df in (1e8, 1e12, 1e30, 1e60):
+        assert stats.t_quantile(0.975, df) == pytest.approx(1.959964, abs=1e-5)
+        assert stats.t_cdf(2.5, df) == pytest.approx(stats.normal_cdf(2.5), abs=1e-9)
+    assert stats.t_quantile(0.975, 9e6) == pytest.approx(1.959964, abs=1e-5)  # just below the switch: same
+    points = np.array([0.41 - 0.45, 0.44 - 0.48])
+    assert 0 < points.var(ddof=1) < 1e-30  # the float rounding that set this off
+    replicates = np.random.default_rng(0).normal(-0.04, 0.02, 400)
+    out = stats.seed_corrected(stats.summarize_replicates(-0.04, replicates), points, replicates)
+    half = 1.959964 * replicates.std(ddof=1)  # the prompt noise alone, normal tails
+    assert out["ci95"] == pytest.approx([-0.04 - half, -0.04 + half], abs=2e-3)
+
+
 def test_nested_prompt_resampling_would_undercover_crossed_data():
     """Why prompts are drawn once per replicate: resampling them within each seed slot misses the shared
     prompt effect (the variance the shared draw keeps)."""
