@@ -1,7 +1,7 @@
 """Tables and claims of the README and the docs that quote committed reports are generated, never typed: each
-sits between `<!-- generated: KIND REPORT.json -->` (KIND: results-table, per-task-table, cost-table, claims or
-claims-holding) and `<!-- /generated -->`, and `python docs/gen_tables.py` rewrites every such block from its report
-(tests/test_readme.py fails when one differs from its report)."""
+sits between `<!-- generated: KIND REPORT.json -->` (KIND: results-table, per-task-table, cost-table, drift, claims
+or claims-holding) and `<!-- /generated -->`, and `python docs/gen_tables.py` rewrites every such block from its
+report (tests/test_readme.py fails when one differs from its report)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- /generated -->)", re.S)
-# (metric key, column title, scale) of psft.experiments.report.COLUMNS that the quoted tables show
+# (metric key, column title, scale) of psft.experiments.tables.COLUMNS that the quoted tables show
 SHOWN = ("in_domain", "out_of_domain", "nll", "drift_kl", "entropy", "clip_high")
 
 
 def results_table(report_path: str) -> str:
     """The final-metrics table of a `psft compare` report.json: mean [95% interval] over seeds per setting."""
-    from psft.experiments.report import COLUMNS, format_estimate
+    from psft.experiments.tables import COLUMNS, format_estimate
 
     report = json.loads((ROOT / report_path).read_text())
     columns = [c for c in COLUMNS if c[0] in SHOWN]
@@ -36,26 +36,36 @@ def results_table(report_path: str) -> str:
 
 
 def per_task_table(report_path: str) -> str:
-    """The final accuracy per evaluation set of a report.json, with the base model's row (`report.tasks_table`)."""
-    from psft.experiments.report import tasks_table
+    """The final accuracy per evaluation set of a report.json, with the base model's row (`tables.tasks_table`)."""
+    from psft.experiments.tables import tasks_table
 
     report = json.loads((ROOT / report_path).read_text())
     return "".join(line + "\n" for line in tasks_table(report["summary"]))
 
 
 def cost_table(report_path: str) -> str:
-    """The minutes per run by method, wall and CPU, of a report.json (`report.cost_table`)."""
-    from psft.experiments.report import cost_table as table
+    """The minutes per run by method, wall and CPU, of a report.json (`tables.cost_table`)."""
+    from psft.experiments.tables import cost_table as table
 
     report = json.loads((ROOT / report_path).read_text())
     return "".join(line + "\n" for line in table(report["runs"]))
+
+
+def drift(report_path: str) -> str:
+    """Each method's final drift from the base against the reference's, over the equal-learning-rate pairs of a
+    report.json (`tables.drift_lines`)."""
+    from psft.experiments.tables import drift_lines
+
+    report = json.loads((ROOT / report_path).read_text())
+    lines = drift_lines(report["summary"]) or ["- no equal-learning-rate pairs with drift recorded"]
+    return "".join(line + "\n" for line in lines)
 
 
 VERDICT_ORDER = ("holds", "does not hold", "not resolved")
 
 
 def _claims(report_path: str, holding_only: bool) -> str:
-    from psft.experiments.report import format_claim
+    from psft.experiments.tables import format_claim
 
     report = json.loads((ROOT / report_path).read_text())
     rows = report["summary"].get("claims") or []
@@ -78,7 +88,7 @@ def _claims(report_path: str, holding_only: bool) -> str:
 
 
 def claims(report_path: str) -> str:
-    """Every claim of a report.json in its own words (psft.experiments.report.format_claim), those that hold
+    """Every claim of a report.json in its own words (psft.experiments.tables.format_claim), those that hold
     first; each says whether it holds, does not hold or is not resolved."""
     return _claims(report_path, holding_only=False)
 
@@ -93,6 +103,7 @@ GENERATORS = {
     "results-table": results_table,
     "per-task-table": per_task_table,
     "cost-table": cost_table,
+    "drift": drift,
     "claims": claims,
     "claims-holding": claims_holding,
 }

@@ -11,12 +11,14 @@ import yaml
 import psft.experiments.runner as compare_module
 from psft.cli import main
 from psft.errors import UserError
+from psft.experiments import stats
 from psft.experiments.analysis import summarize
 from psft.experiments.estimates import estimate, frontier_at, seed_frontier, t_quantile
 from psft.experiments.plan import CompareConfig
-from psft.experiments.report import format_estimate, load_report, print_table
+from psft.experiments.report import load_report, print_table
 from psft.experiments.runner import compare
 from psft.experiments.store import PLAIN_PROMPTS, read_prompts, write_prompts
+from psft.experiments.tables import drift_lines, format_estimate
 
 
 def test_config_from_yaml_rejects_unknown_fields_and_the_old_seed_field(tmp_path):
@@ -229,6 +231,40 @@ def test_summary_pairs_equal_settings_and_tests_entropy_at_equal_step(capsys):
     out = capsys.readouterr().out
     assert "sft[lr=1]" in out  # a setting's name is not taken for rich markup
     assert "claim: m's entropy stays higher than sft's at equal step" in out
+
+
+def test_drift_gap_per_setting_and_over_the_equal_rate_pairs_is_a_t_test_on_the_seeds():
+    """Final drift (KL from the base) of `m` minus `sft`'s at two rates and three seeds: at lr 1 -0.30, -0.20,
+    -0.25; at lr 2 -0.10, -0.10, -0.25. Per seed over both rates: -0.20, -0.15, -0.25, mean -0.20, se
+    0.05 / sqrt(3), t = 6.93 on 2 df, p = 0.020, interval -0.20 +/- 4.303 se. Per setting: lr 1 p = 0.020 (x2
+    by Holm: 0.040, below); lr 2 mean -0.15, se 0.05, t = 3, p = 0.095 (not resolved)."""
+    gaps = {"1": (-0.30, -0.20, -0.25), "2": (-0.10, -0.10, -0.25)}
+    runs = []
+    for seed in range(3):
+        for lr, by_seed in gaps.items():
+            ref = {**_run("sft", seed, [(0.0, 0.9), (0.5, 0.3)], name=f"sft[lr={lr}]"), "point": {"lr": lr}}
+            m = {**_run("m", seed, [(0.0, 0.9), (0.5, 0.3)], name=f"m[lr={lr}]"), "point": {"lr": lr}}
+            ref["evals"][-1]["drift_kl"] = 1.5 + 0.1 * seed
+            m["evals"][-1]["drift_kl"] = 1.5 + 0.1 * seed + by_seed[seed]
+            runs += [ref, m]
+    summary = summarize(runs, "sft")
+    (pooled,) = summary["drift"]
+    se = 0.05 / math.sqrt(3)
+    assert pooled["mean"] == pytest.approx(-0.20) and pooled["se"] == pytest.approx(se)
+    assert pooled["df"] == pytest.approx(2.0) and pooled["pairs"] == 2 and pooled["seeds"] == [0, 1, 2]
+    assert pooled["ci95"] == pytest.approx([-0.20 - 4.3027 * se, -0.20 + 4.3027 * se], abs=1e-3)
+    assert pooled["p"] == pytest.approx(stats.z_test(-0.20, se, 2)) and 0.015 < pooled["p"] < 0.025
+    assert pooled["verdict"] == "below"
+    by_lr = {e["setting"]: e["gap"]["drift"] for e in summary["equal_settings"]}
+    assert by_lr["m[lr=1]"]["mean"] == pytest.approx(-0.25) and by_lr["m[lr=1]"]["verdict"] == "below"
+    assert by_lr["m[lr=1]"]["p_holm"] == pytest.approx(2 * by_lr["m[lr=1]"]["p"])
+    assert by_lr["m[lr=2]"]["mean"] == pytest.approx(-0.15) and by_lr["m[lr=2]"]["se"] == pytest.approx(0.05)
+    assert by_lr["m[lr=2]"]["verdict"] == "not resolved"
+    lines = drift_lines(summary)
+    assert lines == [
+        "- m's final drift from the base minus sft's: -0.200 [-0.324, -0.076] nats per token (mean over 2 "
+        f"equal-learning-rate pair(s), 3 seed(s)); Holm-adjusted p {pooled['p_holm']:.3f}: below"
+    ]
 
 
 def test_research_preset_grids_seeds_prompts_and_log_spaced_evaluations():

@@ -80,7 +80,7 @@ def test_claims_blocks_quote_the_report_in_its_own_words(tmp_path):
 
     from gen_tables import claims, claims_holding
 
-    from psft.experiments.report import format_claim
+    from psft.experiments.tables import format_claim
 
     rows = [
         _claim("a keeps more than sft", "not resolved", 0.01),

@@ -9,9 +9,10 @@ from psft.errors import UserError
 from psft.experiments.analysis import summarize
 from psft.experiments.plan import CompareConfig, eval_schedule, full_preset, validate_plan
 from psft.experiments.presets import FULL_METHODS, FULL_SEEDS
-from psft.experiments.report import cost_table, render_markdown
+from psft.experiments.report import render_markdown
 from psft.experiments.runner import training_set
 from psft.experiments.store import EVAL_FORMAT, run_settings
+from psft.experiments.tables import cost_table
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "examples" / "smollm2-study.yaml"

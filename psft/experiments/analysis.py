@@ -33,6 +33,7 @@ from psft.experiments import stats
 from psft.experiments.estimates import (
     ACCURACY_MARGIN,
     BOOT_SEED,
+    DRIFT_MARGIN,
     ENTROPY_MARGIN,
     REPS,
     _levels,
@@ -48,6 +49,7 @@ from psft.experiments.inference import (
     _seeds,
     _setting_runs,
     _test,
+    drift_gaps,
     entropy_equal_step,
     equal_settings,
     frontier_gaps,
@@ -227,7 +229,7 @@ def summarize(
     """Everything the report states, from the finished runs (any subset of the planned ones) and their
     per-prompt results (`prompts`: run id -> the entries of its prompts.jsonl)."""
     empty = {"groups": [], "per_task": {"tasks": {}, "base": {}, "settings": {}}, "frontiers": {},
-             "frontier_gaps": [], "matched_nll": [], "equal_settings": [], "claims": []}  # fmt: skip
+             "frontier_gaps": [], "matched_nll": [], "equal_settings": [], "drift": [], "claims": []}  # fmt: skip
     if not runs:
         return empty
     methods = list(dict.fromkeys(r["method"] for r in runs))
@@ -248,6 +250,7 @@ def summarize(
             "reps": reps,
             "accuracy_margin": ACCURACY_MARGIN,
             "entropy_margin": ENTROPY_MARGIN,
+            "drift_margin": DRIFT_MARGIN,
         },
         "groups": groups,
         "per_task": task_estimates(data, groups),
@@ -255,5 +258,6 @@ def summarize(
         "frontier_gaps": frontier,
         "matched_nll": matched,
         "equal_settings": equal,
+        "drift": drift_gaps(data, equal, others, reference),
         "claims": claims(data, others, reference, frontier, matched, equal),
     }

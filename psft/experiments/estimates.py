@@ -35,6 +35,9 @@ ACCURACY_MARGIN = 0.03  # equivalence margin of accuracy gaps (TOST): +/- 3 poin
 ENTROPY_MARGIN = 0.05  # equivalence margin of entropy gaps: +/- 0.05 nats
 
 
+DRIFT_MARGIN = 0.1  # equivalence margin of drift gaps: +/- 0.1 nats per token (KL from the base)
+
+
 NLL_TARGETS = 6  # matched held-out NLL levels between the base model's and the lowest every seed reaches
 
 

@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 
 from psft.experiments import stats
-from psft.experiments.estimates import ACCURACY_MARGIN, BOOT_SEED, ENTROPY_MARGIN, NLL_TARGETS, _levels
+from psft.experiments.estimates import (
+    ACCURACY_MARGIN,
+    BOOT_SEED,
+    DRIFT_MARGIN,
+    ENTROPY_MARGIN,
+    NLL_TARGETS,
+    _levels,
+)
 
 
 class _Data:
@@ -335,11 +342,22 @@ def entropy_equal_step(run_a: dict[str, Any], run_b: dict[str, Any]) -> float:
     return float(np.mean([a[s] - b[s] for s in steps])) if steps else np.nan
 
 
+def drift_final(run: dict[str, Any]) -> float:
+    """The run's drift (KL from the base on the out-of-domain texts, nats per token) at its last evaluation."""
+    value = ((run.get("evals") or [{}])[-1]).get("drift_kl")
+    return float(value) if value is not None else np.nan
+
+
+def _seed_only(data: _Data, value: float, pt: bool) -> np.ndarray:
+    """A per-run statistic without prompt-level data: the same value in every prompt replicate."""
+    return np.full(1 if pt else data.reps, value)
+
+
 def equal_settings(data: _Data, groups: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
     """Each setting against the reference method's setting with the same sweep values (same learning rate):
-    final gaps paired by seed and prompt; the entropy gap over every logged step (equal step). Holm families:
-    the accuracy gaps of the table; the entropy gaps."""
-    out, acc_family, ent_family = [], [], []
+    final gaps paired by seed and prompt; the entropy gap over every logged step (equal step) and the final
+    drift gap (seeds only). Holm families: the accuracy gaps of the table; the entropy gaps; the drift gaps."""
+    out, acc_family, ent_family, drift_family = [], [], [], []
     for g in groups:
         twin = _twin(groups, g, reference)
         if g["method"] == reference or twin is None:
@@ -356,13 +374,44 @@ def equal_settings(data: _Data, groups: list[dict[str, Any]], reference: str) ->
         acc_family += [gap["in_domain"], gap["out_of_domain"]]
 
         def entropy_gap(s, pt, a_name=g["name"], b_name=twin["name"]):
-            a = data.runs[_setting_runs(data, a_name, s)]
-            b = data.runs[_setting_runs(data, b_name, s)]
-            return np.full(1 if pt else data.reps, entropy_equal_step(a, b))
+            a, b = data.runs[_setting_runs(data, a_name, s)], data.runs[_setting_runs(data, b_name, s)]
+            return _seed_only(data, entropy_equal_step(a, b), pt)
+
+        def drift_gap(s, pt, a_name=g["name"], b_name=twin["name"]):
+            a, b = data.runs[_setting_runs(data, a_name, s)], data.runs[_setting_runs(data, b_name, s)]
+            return _seed_only(data, drift_final(a) - drift_final(b), pt)
 
         gap["entropy"] = _test(_bootstrap(data, seeds, entropy_gap), ENTROPY_MARGIN)
+        gap["drift"] = _test(_bootstrap(data, seeds, drift_gap), DRIFT_MARGIN)
         ent_family.append(gap["entropy"])
+        drift_family.append(gap["drift"])
         out.append({"setting": g["name"], "reference_setting": twin["name"], "seeds": seeds, "gap": gap})
     _adjust(acc_family)
     _adjust(ent_family, unit="nats", scale=1)
+    _adjust(drift_family, unit="nats", scale=1)
+    return out
+
+
+def drift_gaps(data: _Data, equal: list[dict[str, Any]], methods: list[str], reference: str) -> list[dict]:
+    """Per method: its final drift minus the reference's, mean over its equal-setting pairs (the same learning
+    rate), seeds only (drift is one number per run). One Holm family over the methods."""
+    out = []
+    for method in methods:
+        pairs = [e for e in equal if e["seeds"] and data.runs[_setting_runs(data, e["setting"], e["seeds"][0])]
+                 ["method"] == method]  # fmt: skip
+
+        def effect(s, pt, pairs=pairs):
+            gaps = []
+            for e in pairs:
+                a, b = _setting_runs(data, e["setting"], s), _setting_runs(data, e["reference_setting"], s)
+                if a and b:
+                    gaps.append(drift_final(data.runs[a]) - drift_final(data.runs[b]))
+            finite = [x for x in gaps if np.isfinite(x)]
+            return _seed_only(data, float(np.mean(finite)) if finite else np.nan, pt)
+
+        if pairs:
+            seeds = sorted({s for e in pairs for s in e["seeds"]})
+            est = _test(_bootstrap(data, seeds, effect), DRIFT_MARGIN)
+            out.append({"method": method, "reference": reference, "pairs": len(pairs), "seeds": seeds, **est})
+    _adjust(out, unit="nats", scale=1)
     return out

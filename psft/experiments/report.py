@@ -6,7 +6,6 @@ machine-readable in report.json)."""
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,33 +17,21 @@ from rich.table import Table
 from psft.errors import UserError
 from psft.experiments.plan import CompareConfig
 from psft.experiments.store import _finished, _write_json, load_prompts
+from psft.experiments.tables import (
+    COLUMN_HELP,
+    COLUMNS,
+    cost_table,
+    drift_lines,
+    format_claim,
+    format_estimate,
+    p_text,
+    signed,
+    tasks_table,
+    verdict_cell,
+)
 
 console = Console(stderr=True, soft_wrap=True)
 
-# (metric key, column title, scale): accuracies in percent, the rest as they are
-COLUMNS = (
-    ("in_domain", "in-domain %", 100),
-    ("best_in_domain", "best in-domain %", 100),
-    ("out_of_domain", "out-of-domain %", 100),
-    ("heldout_nll", "held-out NLL", 1),
-    ("nll", "train NLL", 1),
-    ("drift_kl", "drift KL", 1),
-    ("entropy", "entropy", 1),
-    ("clip_high", "clip high %", 100),
-)
-COLUMN_HELP = (
-    "Each cell: mean over seeds [95% interval]. Accuracies and held-out NLL: bootstrap interval over seeds and "
-    "prompts (one seed: over prompts alone); the other columns: Student-t over seeds, cut at 0 (every column "
-    "is non-negative) and at 100% for shares (one seed: the value alone). in-domain %: greedy accuracy "
-    "on the in-domain test prompts at the last evaluation; best in-domain %: the highest over the run's "
-    "evaluations; out-of-domain %: mean accuracy over the out-of-domain prompts at the last evaluation; held-out "
-    "NLL: negative log-likelihood per token (nats) of the in-domain test demonstrations at the last evaluation; "
-    "train NLL: "
-    "negative log-likelihood per demonstration token (nats) on the last logged training steps; drift KL: "
-    "KL(base || model) per token (nats) on the out-of-domain prompts and reference answers, at the last "
-    "evaluation; entropy: mean predictive entropy (nats) on training tokens, last logged steps; clip high %: "
-    "share of loss tokens with ratio > 1 + epsilon_high at the last logged steps (objectives with an old policy)."
-)
 PLOT_CAPTIONS = {
     "frontier.png": "Each method's frontier: at each in-domain accuracy (x), the best out-of-domain accuracy (y) on "
     "any of its runs' paths (every learning rate; linear between evaluations) at in-domain accuracy >= that "
@@ -64,60 +51,6 @@ PLOT_CAPTIONS = {
     "drift.png": "KL(base || model) per token (nats) on the out-of-domain prompts with their reference answers, at "
     "each evaluation (log-ish step axis): how far the model moved from the base on text it should not have changed.",
 }
-
-
-def format_estimate(est: dict[str, Any], scale: float = 1, digits: int | None = None) -> str:
-    """`72.0 [65.1, 78.9]`; one value: `72.0`; none: `-`. For the level metrics of the tables, all non-negative
-    (accuracies and shares, NLL, KL, entropy): a t-interval over two or three seeds can pass 0 (or 100% for a
-    share), the quantity cannot, so the interval is cut there."""
-    if est.get("mean") is None:
-        return "-"
-    digits = (1 if scale == 100 else 3) if digits is None else digits
-    text = f"{scale * est['mean']:.{digits}f}"
-    if est.get("ci95"):
-        low, high = (scale * v for v in est["ci95"])
-        low = max(low, 0.0)
-        if scale == 100:
-            high = min(high, 100.0)
-        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
-    return text
-
-
-def _gap(est: dict[str, Any], scale: float = 100) -> str:
-    if est.get("mean") is None:
-        return "-"
-    text = f"{scale * est['mean']:+.1f}"
-    if est.get("ci95"):
-        low, high = (scale * v for v in est["ci95"])
-        text += f" [{low:+.1f}, {high:+.1f}]"
-    return text
-
-
-def _ci(est: dict[str, Any], scale: float = 100, digits: int = 1) -> str:
-    """`+4.2 [+1.0, +7.5]` of an estimate with a signed mean."""
-    if est.get("mean") is None:
-        return "-"
-    text = f"{scale * est['mean']:+.{digits}f}"
-    if est.get("ci95"):
-        low, high = (scale * v for v in est["ci95"])
-        text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
-    return text
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def format_claim(claim: dict[str, Any]) -> str:
-    """One line: the claim, its effect with interval, the adjusted test and whether it holds."""
-    unit = "points" if claim["unit"] == "points" else claim["unit"]
-    digits = 1 if claim["scale"] == 100 else 3
-    return (
-        f"{claim['claim']}: {_ci(claim, claim['scale'], digits)} {unit} ({claim['over']}); Holm-adjusted p "
-        f"{_p(claim.get('p_holm'))}: {claim['holds']}"
-    )
 
 
 NOISE_TEXT = (
@@ -177,26 +110,6 @@ def _tasks_section(summary: dict[str, Any]) -> list[str]:
     return ["", "## Final accuracy per evaluation set", "", TASKS_HELP, "", *table] if table else []
 
 
-def tasks_table(summary: dict[str, Any]) -> list[str]:
-    """The per-set table's lines: one column per evaluation set (its group named), one row for the base and per
-    setting; none without per-set results."""
-    per_task = summary.get("per_task") or {}
-    tasks = per_task.get("tasks") or {}
-    if not tasks:
-        return []
-    seeds = {g["name"]: len(g["seeds"]) for g in summary["groups"]}
-    titles = [f"{t} ({group.replace('_', '-')}) %" if group else f"{t} %" for t, group in tasks.items()]
-    lines = ["| setting | seeds | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(tasks)]
-    rows = ([("base (step 0)", "-", per_task["base"])] if per_task.get("base") else []) + [
-        (name, str(seeds.get(name, "-")), cells) for name, cells in per_task["settings"].items()
-    ]
-    for name, n, cells in rows:
-        lines.append(
-            f"| {name} | {n} | " + " | ".join(format_estimate(cells.get(t, {}), 100) for t in tasks) + " |"
-        )
-    return lines
-
-
 COST_HELP = (
     "Minutes per finished run, by method: median (range) of the wall time, which includes any wait for the cores "
     "(runs side by side, other work on the machine), and of the CPU time, what an idle core would take. A resumed "
@@ -206,43 +119,8 @@ COST_HELP = (
 )
 
 
-def cost_table(runs: list[dict[str, Any]]) -> list[str]:
-    """The cost table's lines: per method, training, evaluation and whole-run minutes (wall and CPU, median and
-    range over its runs), and a row for all runs with the summed hours; a run without CPU times shows "-"."""
-
-    def cell(values: list[float]) -> str:
-        if not values:
-            return "-"
-        lo, mid, hi = (v / 60 for v in (min(values), statistics.median(values), max(values)))
-        d = 1 if hi < 10 else 0  # tenths for short runs
-        return f"{mid:.{d}f}" if len(values) == 1 else f"{mid:.{d}f} ({lo:.{d}f}-{hi:.{d}f})"
-
-    def times(group: list[dict[str, Any]], *keys: str) -> list[float]:
-        return [sum(r[k] for k in keys) for r in group if all(r.get(k) is not None for k in keys)]
-
-    columns = (("train_s",), ("train_cpu_s",), ("eval_s",), ("eval_cpu_s",), ("train_s", "eval_s"),
-               ("train_cpu_s", "eval_cpu_s"))  # fmt: skip
-    lines = [
-        "| method | runs | training, wall | training, CPU | evaluation, wall | evaluation, CPU | run, wall | run, CPU |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for method in dict.fromkeys(r["method"] for r in runs):
-        group = [r for r in runs if r["method"] == method]
-        lines.append(
-            f"| {method} | {len(group)} | " + " | ".join(cell(times(group, *k)) for k in columns) + " |"
-        )
-    totals = [times(runs, "train_s", "eval_s"), times(runs, "train_cpu_s", "eval_cpu_s")]
-    wall, cpu = (f"{sum(t) / 3600:.1f} h" if len(t) == len(runs) else "-" for t in totals)
-    lines.append(f"| all | {len(runs)} | | | | | {wall} | {cpu} |")
-    return lines
-
-
 def _num(value: float | None, scale: float = 100) -> str:
     return "-" if value is None else f"{scale * value:.1f}"
-
-
-def _cell(t: dict[str, Any], scale: float = 100, digits: int = 1) -> str:
-    return f"{_ci(t, scale, digits)} {t.get('verdict', '')}".strip()
 
 
 def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
@@ -296,7 +174,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
             cells = []
             for g in gaps:
                 match = [lv for lv in g["levels"] if lv["level"] == level]
-                cells.append(_cell(match[0]) if match else "-")
+                cells.append(verdict_cell(match[0]) if match else "-")
             lines.append(f"| ≥ {100 * level:.0f}% | " + " | ".join(cells) + " |")
     matched = [m for m in summary.get("matched_nll", []) if m["targets"]]
     if summary.get("matched_nll"):
@@ -325,27 +203,33 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
             ]
             for m in matched:
                 for t in m["targets"]:
-                    lines.append(f"| {m['method']} | {t['target']:.3f} | {_cell(t['out_of_domain'])} | "
-                                 f"{_cell(t['entropy'], 1, 3)} |")  # fmt: skip
+                    lines.append(f"| {m['method']} | {t['target']:.3f} | {verdict_cell(t['out_of_domain'])} | "
+                                 f"{verdict_cell(t['entropy'], 1, 3)} |")  # fmt: skip
     if summary["equal_settings"]:
         lines += [
             "",
             "## Equal hyper-parameters",
             "",
             f"Each setting against `{summary['reference']}` at the same sweep values (same learning rate): final "
-            "gaps paired by seed and prompt (accuracy in points, held-out NLL in nats), and the entropy gap at equal "
-            "step (mean over every logged training step, nats; seeds only). Verdicts Holm-adjusted over the "
-            "table's accuracy gaps, and separately over its entropy gaps.",
+            "gaps paired by seed and prompt (accuracy in points, held-out NLL in nats), the entropy gap at equal "
+            "step (mean over every logged training step, nats) and the final drift gap (KL from the base on the "
+            "out-of-domain texts, nats per token); the last two are one number per run, so their intervals are over "
+            "seeds only. Verdicts Holm-adjusted over the table's accuracy gaps, and separately over its entropy and "
+            "its drift gaps.",
             "",
-            "| setting | reference | in-domain gap | out-of-domain gap | held-out NLL gap | entropy gap (equal step) |",
-            "|---|---|---|---|---|---|",
+            "| setting | reference | in-domain gap | out-of-domain gap | held-out NLL gap | entropy gap (equal step) "
+            "| drift gap (final) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for e in summary["equal_settings"]:
             gap = e["gap"]
             lines.append(
-                f"| {e['setting']} | {e['reference_setting']} | {_cell(gap['in_domain'])} | "
-                f"{_cell(gap['out_of_domain'])} | {_ci(gap['heldout_nll'], 1, 3)} | {_cell(gap['entropy'], 1, 3)} |"
+                f"| {e['setting']} | {e['reference_setting']} | {verdict_cell(gap['in_domain'])} | "
+                f"{verdict_cell(gap['out_of_domain'])} | {signed(gap['heldout_nll'], 1, 3)} | {verdict_cell(gap['entropy'], 1, 3)} "
+                f"| {verdict_cell(gap.get('drift') or {}, 1, 3)} |"
             )
+        if summary.get("drift"):
+            lines += ["", *drift_lines(summary)]
     if plots:
         lines += ["", "## Plots", ""]
         for name in plots:
@@ -371,7 +255,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
         for c in claims:
             digits = 1 if c["scale"] == 100 else 3
             lines.append(
-                f"| {c['claim']} | {_ci(c, c['scale'], digits)} {c['unit']} | {c['over']} | {_p(c.get('p_holm'))} "
+                f"| {c['claim']} | {signed(c, c['scale'], digits)} {c['unit']} | {c['over']} | {p_text(c.get('p_holm'))} "
                 f"| {c['test']} | {c['holds']} |"
             )
     return "\n".join(lines).rstrip() + "\n"
@@ -413,8 +297,6 @@ def write_report(
 ) -> dict[str, Any]:
     """Rebuild report.json and report.md (and the plots and terminal table) from the runs on disk; `reps`
     bootstrap replicates (default `psft.experiments.estimates.REPS`)."""
-    from psft.experiments.report import render_markdown
-
     out = Path(out_dir)
     report = load_report(out, reps)
     _write_json(out / "report.json", report)
@@ -429,14 +311,8 @@ def write_report(
     return report
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def print_table(report: dict[str, Any]) -> None:
     """Per setting, final metrics as mean [95% interval] over seeds; the columns are defined below it."""
-    from psft.experiments.report import COLUMNS, format_estimate
-
     table = Table(title=f"psft compare: {report['finished']}/{report['planned']} runs finished")
     table.add_column("setting", justify="left")
     table.add_column("seeds", justify="right")
@@ -447,10 +323,6 @@ def print_table(report: dict[str, Any]) -> None:
         table.add_row(escape(group["name"]), str(len(group["seeds"])), *cells)  # "sft[lr=...]" is not markup
     console_out = Console(width=max(140, Console().width))
     console_out.print(table)
-    from psft.experiments.report import COLUMN_HELP
-
     console_out.print(COLUMN_HELP)
-    from psft.experiments.report import format_claim
-
     for claim in report["summary"].get("claims", []):
         console_out.print(f"claim: {escape(format_claim(claim))}")

@@ -18,7 +18,7 @@ from rich.markup import escape
 from psft.core.threads import choose_threads, configure_threads
 from psft.errors import UserError
 from psft.experiments.plan import CompareConfig, eval_schedule, training_arguments, validate_plan
-from psft.experiments.report import _pct, write_report
+from psft.experiments.report import write_report
 from psft.experiments.store import (
     RESULT,
     _finished,
@@ -27,6 +27,7 @@ from psft.experiments.store import (
     run_settings,
     write_prompts,
 )
+from psft.experiments.tables import pct
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -332,8 +333,8 @@ def _compare(config: CompareConfig, plan: list[dict[str, Any]], out: Path, jobs:
         eta = (time.time() - start) / finished * left  # wall time per finished run already counts the jobs
         console.print(
             f"[bold]finished[/bold] {result['id']} ({finished}/{len(todo)}): training {result['train_s']}s, "
-            f"evaluation {result['eval_s']}s; in-domain {_pct(final.get('in_domain'))}, out-of-domain "
-            f"{_pct(final.get('out_of_domain'))}" + (f"; {left} to go, ETA {_duration(eta)}" if left else "")
+            f"evaluation {result['eval_s']}s; in-domain {pct(final.get('in_domain'))}, out-of-domain "
+            f"{pct(final.get('out_of_domain'))}" + (f"; {left} to go, ETA {_duration(eta)}" if left else "")
         )
         # what is there so far, in case the rest never finishes (fewer bootstrap replicates: it is redone at the end)
         write_report(out, plots=False, table=False, reps=200)
