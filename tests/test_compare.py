@@ -267,6 +267,23 @@ def test_drift_gap_per_setting_and_over_the_equal_rate_pairs_is_a_t_test_on_the_
     ]
 
 
+def test_a_seed_enters_a_comparison_only_with_every_setting_of_both_methods():
+    """Midway through a study run in pieces, seed 1 has `m` at one rate of two: its frontier there would be a
+    best over fewer runs than `sft`'s, biased against `m`. Only seed 0, complete for both, is compared."""
+    runs = []
+    for seed in (0, 1):
+        for lr in ("1", "2"):
+            runs.append({**_run("sft", seed, [(0.0, 0.9), (0.5, 0.3)], name=f"sft[lr={lr}]"), "point": {"lr": lr}})
+            if seed == 0 or lr == "1":
+                runs.append({**_run("m", seed, [(0.0, 0.9), (0.5, 0.4)], name=f"m[lr={lr}]"), "point": {"lr": lr}})
+    summary = summarize(runs, "sft")
+    (gaps,) = summary["frontier_gaps"]
+    assert gaps["seeds"] == [0]
+    assert next(c for c in summary["claims"] if c["kind"] == "frontier")["n"] == 1
+    runs.append({**_run("m", 1, [(0.0, 0.9), (0.5, 0.4)], name="m[lr=2]"), "point": {"lr": "2"}})
+    assert summarize(runs, "sft")["frontier_gaps"][0]["seeds"] == [0, 1]
+
+
 def test_research_preset_grids_seeds_prompts_and_log_spaced_evaluations():
     from psft.eval.callback import log_steps
     from psft.experiments.plan import eval_schedule, full_preset
