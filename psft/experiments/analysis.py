@@ -56,6 +56,8 @@ from psft.experiments.inference import (
     frontier_value,
     matched_nll,
     matched_value,
+    pair_mean,
+    pairs_of,
 )
 
 # --- per-run arrays ---------------------------------------------------------------------------------------
@@ -143,8 +145,7 @@ def claims(
         n = next(x for x in matched if x["method"] == method)
         levels = [lv["level"] for lv in f["levels"]]
         targets = [t["target"] for t in n["targets"]]
-        pairs = [e for e in equal if data.runs[_setting_runs(data, e["setting"], e["seeds"][0])]["method"] == method
-                 and e["seeds"]]  # fmt: skip
+        pairs = pairs_of(data, equal, method)
 
         def mean_over(values: list[np.ndarray], like: int) -> np.ndarray:
             if not values:
@@ -160,13 +161,7 @@ def claims(
                               for t in targets], 1 if pt else data.reps)  # fmt: skip
 
         def entropy_effect(s, pt, pairs=pairs):
-            gaps = []
-            for e in pairs:
-                a, b = _setting_runs(data, e["setting"], s), _setting_runs(data, e["reference_setting"], s)
-                if a and b:
-                    gaps.append(entropy_equal_step(data.runs[a], data.runs[b]))
-            finite = [g for g in gaps if np.isfinite(g)]
-            return np.full(1 if pt else data.reps, np.mean(finite) if finite else np.nan)
+            return pair_mean(data, pairs, s, pt, entropy_equal_step)
 
         effects = {
             "frontier": (frontier_effect, ACCURACY_MARGIN, "points", 100,

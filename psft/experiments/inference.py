@@ -362,6 +362,29 @@ def _seed_only(data: _Data, value: float, pt: bool) -> np.ndarray:
     return np.full(1 if pt else data.reps, value)
 
 
+def drift_gap(run_a: dict[str, Any], run_b: dict[str, Any]) -> float:
+    """Final drift of run a minus run b's (nats per token)."""
+    return drift_final(run_a) - drift_final(run_b)
+
+
+def pairs_of(data: _Data, equal: list[dict[str, Any]], method: str) -> list[dict[str, Any]]:
+    """The equal-learning-rate pairs (rows of `equal_settings`) whose setting is one of `method`'s."""
+    return [e for e in equal if e["seeds"] and data.runs[_setting_runs(data, e["setting"], e["seeds"][0])]
+            ["method"] == method]  # fmt: skip
+
+
+def pair_mean(data: _Data, pairs: list[dict[str, Any]], seed: int, pt: bool, gap) -> np.ndarray:
+    """One seed's replicate of a per-run-pair statistic `gap(run, reference_run)`: its mean over the pairs both
+    of whose runs exist at that seed, finite values only (NaN if none); seeds only, no prompt noise."""
+    values = []
+    for e in pairs:
+        a, b = _setting_runs(data, e["setting"], seed), _setting_runs(data, e["reference_setting"], seed)
+        if a and b:
+            values.append(gap(data.runs[a], data.runs[b]))
+    finite = [x for x in values if np.isfinite(x)]
+    return _seed_only(data, float(np.mean(finite)) if finite else np.nan, pt)
+
+
 def equal_settings(data: _Data, groups: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
     """Each setting against the reference method's setting with the same sweep values (same learning rate):
     final gaps paired by seed and prompt; the entropy gap over every logged step (equal step) and the final
@@ -382,16 +405,16 @@ def equal_settings(data: _Data, groups: list[dict[str, Any]], reference: str) ->
             gap[key] = _test(_bootstrap(data, seeds, per_seed), ACCURACY_MARGIN)
         acc_family += [gap["in_domain"], gap["out_of_domain"]]
 
-        def entropy_gap(s, pt, a_name=g["name"], b_name=twin["name"]):
-            a, b = data.runs[_setting_runs(data, a_name, s)], data.runs[_setting_runs(data, b_name, s)]
-            return _seed_only(data, entropy_equal_step(a, b), pt)
+        pair = [{"setting": g["name"], "reference_setting": twin["name"]}]
 
-        def drift_gap(s, pt, a_name=g["name"], b_name=twin["name"]):
-            a, b = data.runs[_setting_runs(data, a_name, s)], data.runs[_setting_runs(data, b_name, s)]
-            return _seed_only(data, drift_final(a) - drift_final(b), pt)
+        def entropy_gap(s, pt, pair=pair):
+            return pair_mean(data, pair, s, pt, entropy_equal_step)
+
+        def drift_gap_of(s, pt, pair=pair):
+            return pair_mean(data, pair, s, pt, drift_gap)
 
         gap["entropy"] = _test(_bootstrap(data, seeds, entropy_gap), ENTROPY_MARGIN)
-        gap["drift"] = _test(_bootstrap(data, seeds, drift_gap), DRIFT_MARGIN)
+        gap["drift"] = _test(_bootstrap(data, seeds, drift_gap_of), DRIFT_MARGIN)
         ent_family.append(gap["entropy"])
         drift_family.append(gap["drift"])
         out.append({"setting": g["name"], "reference_setting": twin["name"], "seeds": seeds, "gap": gap})
@@ -406,17 +429,10 @@ def drift_gaps(data: _Data, equal: list[dict[str, Any]], methods: list[str], ref
     rate), seeds only (drift is one number per run). One Holm family over the methods."""
     out = []
     for method in methods:
-        pairs = [e for e in equal if e["seeds"] and data.runs[_setting_runs(data, e["setting"], e["seeds"][0])]
-                 ["method"] == method]  # fmt: skip
+        pairs = pairs_of(data, equal, method)
 
         def effect(s, pt, pairs=pairs):
-            gaps = []
-            for e in pairs:
-                a, b = _setting_runs(data, e["setting"], s), _setting_runs(data, e["reference_setting"], s)
-                if a and b:
-                    gaps.append(drift_final(data.runs[a]) - drift_final(data.runs[b]))
-            finite = [x for x in gaps if np.isfinite(x)]
-            return _seed_only(data, float(np.mean(finite)) if finite else np.nan, pt)
+            return pair_mean(data, pairs, s, pt, drift_gap)
 
         if pairs:
             seeds = _seeds(data, method, reference)

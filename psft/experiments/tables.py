@@ -136,8 +136,9 @@ def verdict_cell(t: dict[str, Any], scale: float = 100, digits: int = 1) -> str:
 def drift_lines(summary: dict[str, Any]) -> list[str]:
     """One line per method: its final drift minus the reference's, mean over the equal-learning-rate pairs."""
     return [
-        f"- {d['method']}'s final drift from the base minus {d['reference']}'s: {signed(d, 1, 3)} nats per token (mean over {d['pairs']} equal-learning-rate pair(s), "
-        f"{len(d['seeds'])} seed(s)); Holm-adjusted p {p_text(d.get('p_holm'))}: {d.get('verdict', 'not resolved')}"
+        f"- {d['method']}'s final drift from the base minus {d['reference']}'s: {signed(d, 1, 3)} nats per token "
+        f"(mean over {d['pairs']} equal-learning-rate pair(s), {len(d['seeds'])} seed(s)); "
+        f"Holm-adjusted p {p_text(d.get('p_holm'))}: {d.get('verdict', 'not resolved')}"
         for d in summary.get("drift") or []
     ]
 
