@@ -5,6 +5,7 @@ claims table."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -373,7 +374,9 @@ def pairs_of(data: _Data, equal: list[dict[str, Any]], method: str) -> list[dict
             ["method"] == method]  # fmt: skip
 
 
-def pair_mean(data: _Data, pairs: list[dict[str, Any]], seed: int, pt: bool, gap) -> np.ndarray:
+def pair_mean(
+    data: _Data, pairs: list[dict[str, Any]], seed: int, pt: bool, gap: Callable[[dict, dict], float]
+) -> np.ndarray:
     """One seed's replicate of a per-run-pair statistic `gap(run, reference_run)`: its mean over the pairs both
     of whose runs exist at that seed, finite values only (NaN if none); seeds only, no prompt noise."""
     values = []
